@@ -1,0 +1,48 @@
+"""Structurer: model text → validated analysis, risk tier, output filter, stored result."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.config import StructurerUserConfig
+from serve_app.engines import EngineOutput
+from serve_app.request_context import configure_logging, set_request_id
+from serve_app.structuring import StructureContext, build_analysis
+
+logger = logging.getLogger(__name__)
+
+
+@serve.deployment(
+    max_ongoing_requests=32,
+    ray_actor_options={"num_cpus": 0.1},
+)
+class Structurer:
+    """Serve wrapper around :func:`serve_app.structuring.build_analysis`."""
+
+    def __init__(self, store: DeploymentHandle) -> None:
+        configure_logging()
+        self._store = store
+        self._config = StructurerUserConfig()
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply ``user_config`` live (risk thresholds, explanation cap); strict."""
+        self._config = StructurerUserConfig.model_validate(user_config)
+        logger.info("structurer config applied: %s", self._config.model_dump())
+
+    async def structure(
+        self, output: EngineOutput, context: StructureContext, cache_key: str | None
+    ) -> dict[str, Any]:
+        """Build the analysis for ``output`` and store it under ``cache_key``."""
+        set_request_id(context.request_id)
+        started = time.perf_counter()
+        analysis = build_analysis(output, context, self._config)
+        analysis.meta.timings_ms.structure = round((time.perf_counter() - started) * 1000.0, 2)
+        result = analysis.model_dump(mode="json")
+        if cache_key is not None and "unparseable_model_output" not in analysis.meta.warnings:
+            await self._store.put.remote(cache_key, result, context.degradation_level)
+        return result

@@ -1,0 +1,32 @@
+"""Application builder: the ``import_path`` of every Serve config (``serve_app.app:build_app``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+from ray.serve import Application
+
+from deployments.fingerprint_store import FingerprintStore
+from deployments.preprocessor import Preprocessor
+from deployments.structurer import Structurer
+from deployments.vlm_pool import VLMPool
+from serve_app.config import AppArgs
+from serve_app.ingress import Ingress
+
+
+def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
+    """Compose the graph of DESIGN.md §1 from validated ``args``.
+
+    Raises ``ValueError`` naming the offending field when ``args`` is invalid.
+    """
+    try:
+        parsed = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
+    except ValidationError as exc:
+        raise ValueError(f"invalid application args: {exc}") from exc
+    plain = parsed.model_dump(mode="json")
+    store = FingerprintStore.bind(plain["cache"])
+    preprocessor = Preprocessor.bind(plain, store)
+    vlm_pool = VLMPool.bind(plain["engine"])
+    structurer = Structurer.bind(store)
+    return Ingress.bind(plain, preprocessor, vlm_pool, structurer, store)

@@ -1,0 +1,182 @@
+"""The ``memeserve`` command: run the service, check configs, analyse a meme."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from serve_app.config_check import check_file, http_address
+
+DEFAULT_CONFIG = Path("autoscale_configs/dev-cpu.yaml")
+_READY_TIMEOUT_S = 600.0
+_STOP_TIMEOUT_S = 60.0
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _probe_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Poll ``url`` until it answers 200, the process exits, or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                return False
+            try:
+                if client.get(url).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+    return False
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    """Ask ``serve run`` to shut the app down (SIGINT), escalating if it hangs."""
+    if process.poll() is not None:
+        return process.returncode
+    for sig, wait_s in ((signal.SIGINT, _STOP_TIMEOUT_S), (signal.SIGTERM, 10.0)):
+        process.send_signal(sig)
+        try:
+            return process.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+    process.kill()
+    return process.wait()
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate the profile, start ``serve run`` on it, print the URL once ready."""
+    config: Path = args.config
+    problems = check_file(config)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    host, port = http_address(config)
+    probe = _probe_host(host)
+    if _port_in_use(probe, port):
+        print(f"error: port {port} on {probe} is already in use "
+              "(is memeserve already running?)", file=sys.stderr)
+        return 1
+    env = dict(os.environ)
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    command = [sys.executable, "-m", "ray.serve.scripts", "run", str(config)]
+    print(f"memeserve: starting {config} ...", flush=True)
+    started = time.monotonic()
+    # Own process group: Ctrl-C reaches us once and we forward exactly one SIGINT,
+    # so `serve run` is not interrupted again while it is shutting the app down.
+    process = subprocess.Popen(command, env=env, start_new_session=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        base = f"http://{probe}:{port}"
+        if not wait_until_ready(f"{base}/readyz", process, args.ready_timeout):
+            print("error: the service did not become ready; see the log above",
+                  file=sys.stderr)
+            _stop(process)
+            return 1
+        elapsed = time.monotonic() - started
+        print(f"memeserve: ready in {elapsed:.1f} s at {base}  "
+              f"(try: curl -F image=@meme.jpg {base}/v1/memes/analyze; Ctrl-C stops)",
+              flush=True)
+        return process.wait()
+    except KeyboardInterrupt:
+        print("\nmemeserve: stopping ...", flush=True)
+        code = _stop(process)
+        print("memeserve: stopped", flush=True)
+        return 0 if code in (0, -signal.SIGINT, 130) else code
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate each file; non-zero exit if any has a problem."""
+    failed = 0
+    for path in args.files:
+        problems = check_file(path)
+        if problems:
+            failed += 1
+            for problem in problems:
+                print(f"error: {problem}")
+        else:
+            print(f"ok: {path}")
+    return 1 if failed else 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """POST one image (and optional context) to a running service; print the JSON."""
+    image: Path = args.image
+    try:
+        data = image.read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {image}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    files = {"image": (image.name, data, "application/octet-stream")}
+    form = {"text": args.text} if args.text else {}
+    try:
+        response = httpx.post(
+            f"{args.url.rstrip('/')}/v1/memes/analyze", files=files, data=form,
+            timeout=args.timeout,
+        )
+    except httpx.HTTPError as exc:
+        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return 1
+    try:
+        body = response.json()
+    except ValueError:
+        print(f"error: HTTP {response.status_code}: {response.text[:500]}", file=sys.stderr)
+        return 1
+    print(json.dumps(body, ensure_ascii=False, indent=2))
+    return 0 if response.is_success else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memeserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start the service on a config profile")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
+                     help=f"Serve config file (default {DEFAULT_CONFIG})")
+    run.add_argument("--ready-timeout", type=float, default=_READY_TIMEOUT_S,
+                     help="seconds to wait for /readyz")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check-config", help="validate Serve config files")
+    check.add_argument("files", nargs="+", type=Path)
+    check.set_defaults(func=cmd_check_config)
+
+    analyze = sub.add_parser("analyze", help="analyse one image with a running service")
+    analyze.add_argument("image", type=Path)
+    analyze.add_argument("--text", default=None, help="context: caption, comment, danmaku")
+    analyze.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
+    analyze.add_argument("--timeout", type=float, default=120.0)
+    analyze.set_defaults(func=cmd_analyze)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

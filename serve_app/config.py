@@ -1,0 +1,181 @@
+"""Strict configuration models: the application ``args`` and each deployment's ``user_config``.
+
+Every model forbids unknown keys and describes every field, so a typo in a YAML
+profile is an error that names the file and the field instead of a silently ignored
+knob. :mod:`serve_app.config_check` loads whole Serve config files against these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+
+class StrictModel(BaseModel):
+    """Base for all config models: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OcrArgs(StrictModel):
+    """OCR used by the lite engine (RapidOCR with the models its wheel ships)."""
+
+    min_score: float = Field(
+        0.6, ge=0.0, le=1.0, description="Drop OCR lines recognised with a lower confidence."
+    )
+    threads: int = Field(
+        1, ge=1, le=64, description="onnxruntime intra-op threads per OCR call (per replica)."
+    )
+    max_side: int = Field(
+        1600, ge=64, le=8192, description="Longest image side handed to OCR; larger is shrunk."
+    )
+
+
+class EngineArgs(StrictModel):
+    """Which engine each VLM pool replica runs, and the model behind it."""
+
+    kind: Literal["lite"] = Field(
+        "lite", description="Engine class; lite = CPU, OCR + slang lexicon, no weights."
+    )
+    model_id: str = Field(
+        "memeserve-lite",
+        min_length=1,
+        description="Model name reported in responses and /v1/status.",
+    )
+    model_version: str = Field(
+        "lite-1",
+        min_length=1,
+        description="Model version; part of the cache key, so changing it invalidates results.",
+    )
+    model_path: Path | None = Field(
+        None, description="Local checkpoint directory (GLM engines). Never fetched from a hub."
+    )
+    lexicon_path: Path | None = Field(
+        None, description="Slang lexicon YAML; defaults to the one shipped in the package."
+    )
+    ocr: OcrArgs = Field(default_factory=OcrArgs, description="OCR settings (lite engine).")
+
+
+class LimitsArgs(StrictModel):
+    """Input limits enforced before any expensive work."""
+
+    max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest accepted upload in bytes (else 413)."
+    )
+    max_pixels: int = Field(
+        40_000_000,
+        ge=64 * 64,
+        description="Largest width*height read from the header, checked before decoding (413).",
+    )
+    max_frames: int = Field(
+        2000, ge=1, description="Animated images with more frames are refused (413)."
+    )
+    max_aspect_ratio: float = Field(
+        200.0, ge=1.0, description="Longest/shortest side above this is refused (400)."
+    )
+    max_text_chars: int = Field(
+        2000, ge=0, description="Longest accepted context text, in characters (else 422)."
+    )
+    sampled_frames: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="Frames sampled evenly from an animation and tiled into one image.",
+    )
+
+
+class LevelArgs(StrictModel):
+    """One row of the degradation table (DESIGN.md §2)."""
+
+    level: int = Field(ge=0, le=3, description="0 normal, 1 degraded, 2 strained, 3 shed.")
+    name: str = Field(description="Human-readable name shown in /v1/status.")
+    max_visual_tokens: int = Field(
+        ge=4, description="Image budget: (h/28)*(w/28) after GLM-geometry resize."
+    )
+    max_context_chars: int = Field(
+        ge=0, description="Request context text is truncated to this many characters."
+    )
+    max_output_tokens: int = Field(ge=16, description="Output token cap for the engine.")
+    explanation_max_chars: int = Field(
+        ge=0, description="The explanation is cut to this many characters."
+    )
+
+
+def _default_levels() -> tuple[LevelArgs, ...]:
+    return (
+        LevelArgs(level=0, name="normal", max_visual_tokens=1024, max_context_chars=2000,
+                  max_output_tokens=512, explanation_max_chars=300),
+        LevelArgs(level=1, name="degraded", max_visual_tokens=256, max_context_chars=500,
+                  max_output_tokens=256, explanation_max_chars=120),
+        LevelArgs(level=2, name="strained", max_visual_tokens=64, max_context_chars=100,
+                  max_output_tokens=96, explanation_max_chars=40),
+        LevelArgs(level=3, name="shed", max_visual_tokens=64, max_context_chars=100,
+                  max_output_tokens=96, explanation_max_chars=40),
+    )
+
+
+class CacheArgs(StrictModel):
+    """Exact-repeat result cache (decoded-pixel hash + normalised context + model version)."""
+
+    enabled: bool = Field(True, description="Answer exact repeats from the store.")
+    max_entries: int = Field(100_000, ge=1, description="LRU bound on stored analyses.")
+    ttl_s: float = Field(
+        24 * 3600.0, gt=0, description="Seconds an analysis stays valid after it is stored."
+    )
+
+
+class AppArgs(StrictModel):
+    """The ``args`` of ``serve_app.app:build_app`` in every Serve config."""
+
+    engine: EngineArgs = Field(default_factory=EngineArgs, description="Model engine.")
+    limits: LimitsArgs = Field(default_factory=LimitsArgs, description="Input limits.")
+    cache: CacheArgs = Field(default_factory=CacheArgs, description="Result cache.")
+    levels: tuple[LevelArgs, ...] = Field(
+        default_factory=_default_levels,
+        description="Degradation table, one row per level 0..3.",
+    )
+    request_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        60.0, description="Deadline for one analysis end to end (else 504)."
+    )
+    prompt_version: str = Field(
+        "v1", min_length=1, description="Prompt version; part of the cache key."
+    )
+
+    @model_validator(mode="after")
+    def _levels_complete(self) -> AppArgs:
+        found = sorted(row.level for row in self.levels)
+        if found != [0, 1, 2, 3]:
+            raise ValueError(f"levels must have exactly one row for each of 0..3, got {found}")
+        return self
+
+    def level(self, number: int) -> LevelArgs:
+        """The table row for degradation level ``number``."""
+        return next(row for row in self.levels if row.level == number)
+
+
+class RiskThresholds(StrictModel):
+    """Risk tiers from ``offensiveness * confidence`` (0..3)."""
+
+    throttle: float = Field(0.5, ge=0, le=3, description="score >= this: level low, throttle.")
+    tag: float = Field(1.2, ge=0, le=3, description="score >= this: level medium, tag.")
+    block: float = Field(2.0, ge=0, le=3, description="score >= this: level high, block.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RiskThresholds:
+        if not self.throttle <= self.tag <= self.block:
+            raise ValueError("risk thresholds must satisfy throttle <= tag <= block")
+        return self
+
+
+class StructurerUserConfig(StrictModel):
+    """``user_config`` of the Structurer deployment (live-reloadable)."""
+
+    risk: RiskThresholds = Field(
+        default_factory=RiskThresholds, description="Risk tier thresholds."
+    )
+    explanation_max_chars: int = Field(
+        300, ge=0, le=2000, description="Hard cap on the explanation, whatever the level."
+    )

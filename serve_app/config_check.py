@@ -1,0 +1,128 @@
+"""Validate Serve config files against Ray Serve's schema and our strict models.
+
+Each problem is reported as ``FILE: PATH: reason`` where PATH points inside the
+YAML (``applications[0].args.engine.kind``), so an operator can go straight to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from serve_app.config import AppArgs, StructurerUserConfig
+
+IMPORT_PATH = "serve_app.app:build_app"
+
+# Deployments of the graph and the model their user_config must satisfy (None: takes none).
+DEPLOYMENT_USER_CONFIG: dict[str, type[BaseModel] | None] = {
+    "Ingress": None,
+    "Preprocessor": None,
+    "VLMPool": None,
+    "Structurer": StructurerUserConfig,
+    "FingerprintStore": None,
+}
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem found in a config file."""
+
+    file: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.path or '<root>'}: {self.reason}"
+
+
+def _location(loc: Iterable[Any], prefix: str = "") -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _problems(file: str, exc: ValidationError, prefix: str) -> list[ConfigProblem]:
+    return [
+        ConfigProblem(file, _location(error["loc"], prefix), error["msg"]) for error in exc.errors()
+    ]
+
+
+def load_yaml(path: Path) -> tuple[Any, list[ConfigProblem]]:
+    """Parse YAML, reporting syntax errors with their line."""
+    try:
+        return yaml.safe_load(path.read_text("utf-8")), []
+    except OSError as exc:
+        return None, [ConfigProblem(str(path), "", f"cannot read: {exc.strerror or exc}")]
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        return None, [ConfigProblem(str(path), where, f"invalid YAML: {exc}")]
+
+
+def check_serve_config(document: Any, file: str) -> list[ConfigProblem]:
+    """Problems in one parsed Serve config document (empty list: valid)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    if not isinstance(document, Mapping):
+        return [ConfigProblem(file, "", "expected a mapping with an 'applications' list")]
+    try:
+        ServeDeploySchema.model_validate(document)
+    except ValidationError as exc:
+        return _problems(file, exc, "")
+    problems: list[ConfigProblem] = []
+    for index, application in enumerate(document.get("applications") or []):
+        prefix = f"applications[{index}]"
+        if application.get("import_path") != IMPORT_PATH:
+            problems.append(ConfigProblem(
+                file, f"{prefix}.import_path", f"must be {IMPORT_PATH!r} for memeserve"
+            ))
+            continue
+        try:
+            AppArgs.model_validate(application.get("args") or {})
+        except ValidationError as exc:
+            problems.extend(_problems(file, exc, f"{prefix}.args"))
+        for d_index, deployment in enumerate(application.get("deployments") or []):
+            problems.extend(_check_deployment(file, f"{prefix}.deployments[{d_index}]", deployment))
+    return problems
+
+
+def _check_deployment(file: str, prefix: str, deployment: Mapping[str, Any]) -> list[ConfigProblem]:
+    name = deployment.get("name")
+    if name not in DEPLOYMENT_USER_CONFIG:
+        known = ", ".join(DEPLOYMENT_USER_CONFIG)
+        return [ConfigProblem(file, f"{prefix}.name", f"unknown deployment {name!r}; known: {known}")]
+    model = DEPLOYMENT_USER_CONFIG[name]
+    user_config = deployment.get("user_config")
+    if user_config is None:
+        return []
+    if model is None:
+        return [ConfigProblem(file, f"{prefix}.user_config", f"{name} takes no user_config")]
+    try:
+        model.model_validate(user_config)
+    except ValidationError as exc:
+        return _problems(file, exc, f"{prefix}.user_config")
+    return []
+
+
+def check_file(path: Path) -> list[ConfigProblem]:
+    """Problems in one config file (empty list: valid)."""
+    document, problems = load_yaml(path)
+    if problems:
+        return problems
+    return check_serve_config(document, str(path))
+
+
+def http_address(path: Path) -> tuple[str, int]:
+    """(host, port) the config's HTTP proxy listens on (Serve's defaults if unset)."""
+    document, _ = load_yaml(path)
+    options = (document or {}).get("http_options") or {}
+    return str(options.get("host", "127.0.0.1")), int(options.get("port", 8000))

@@ -1,0 +1,21 @@
+"""Model engines behind one interface (:mod:`serve_app.engines.base`).
+
+Engines with heavy optional dependencies are imported only when selected, so
+``import serve_app`` works on a machine without them.
+"""
+
+from __future__ import annotations
+
+from serve_app.config import EngineArgs
+from serve_app.engines.base import Engine, EngineOutput, EngineRequest, EngineStats
+
+__all__ = ["Engine", "EngineOutput", "EngineRequest", "EngineStats", "create_engine"]
+
+
+def create_engine(args: EngineArgs) -> Engine:
+    """Construct (cheaply, without starting) the engine that ``args.kind`` names."""
+    if args.kind == "lite":
+        from serve_app.engines.lite import LiteEngine
+
+        return LiteEngine(args)
+    raise ValueError(f"unknown engine kind {args.kind!r}")

@@ -1,0 +1,115 @@
+"""The one interface every model engine implements.
+
+Lifecycle
+    ``__init__`` is cheap: it stores configuration and touches no model, file or
+    device. ``await start()`` loads whatever the engine needs and may take long;
+    ``check_health()`` raises :class:`~serve_app.errors.ServiceUnavailable` while the
+    engine is not started or no longer usable; ``await shutdown()`` releases it and
+    is safe to call twice.
+
+Generation
+    ``await generate(request)`` returns the complete model text for one request.
+    ``stream(request)`` yields text deltas as they are produced; their
+    concatenation is exactly the text ``generate`` would have returned for the same
+    request. An engine that cannot produce text incrementally yields it as one delta
+    (that is what the default implementation does). The text is *model-style*
+    output: the Structurer parses and repairs it, so an engine never validates it.
+
+Errors
+    A problem caused by the request raises a :class:`~serve_app.errors.ClientError`
+    subclass. Every engine failure raises :class:`~serve_app.errors.EngineError`
+    (or :class:`~serve_app.errors.ServiceUnavailable` when not started), never a
+    bare library exception. A passed ``request.deadline`` raises
+    :class:`~serve_app.errors.DeadlineExceeded`. Cancelling the awaiting task
+    (client gone, deadline) must abort the underlying work and let
+    :class:`asyncio.CancelledError` propagate.
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import numpy as np
+
+from serve_app.errors import DeadlineExceeded
+
+
+@dataclass(frozen=True)
+class EngineRequest:
+    """Everything an engine needs for one meme; built by the Preprocessor."""
+
+    request_id: str
+    image: np.ndarray = field(repr=False)
+    """RGB uint8 array (H, W, 3), already resized to the level's image budget."""
+    context: str | None
+    """Request context text, already truncated to the level's budget."""
+    max_output_tokens: int
+    level: int = 0
+    deadline: float | None = None
+    """Absolute ``time.time()`` after which the answer is useless."""
+
+    def check_deadline(self) -> None:
+        """Raise :class:`DeadlineExceeded` if the deadline has passed."""
+        if self.deadline is not None and time.time() > self.deadline:
+            raise DeadlineExceeded("the request deadline passed before the engine finished")
+
+
+@dataclass(frozen=True)
+class EngineOutput:
+    """Model text plus what the engine knows about how it was produced."""
+
+    text: str
+    engine: str
+    model: str
+    elapsed_ms: float
+    prompt_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Load figures for the controller; ``None`` where an engine has no such notion."""
+
+    in_flight: int
+    waiting: int | None = None
+    kv_cache_usage: float | None = None
+
+
+class Engine(abc.ABC):
+    """Abstract model engine; see the module docstring for the contract."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Load the model or tools; idempotent."""
+
+    @abc.abstractmethod
+    async def generate(self, request: EngineRequest) -> EngineOutput:
+        """Return the complete model text for ``request``."""
+
+    async def stream(self, request: EngineRequest) -> AsyncIterator[str]:
+        """Yield text deltas; default: the whole ``generate`` text as one delta."""
+        output = await self.generate(request)
+        yield output.text
+
+    @abc.abstractmethod
+    def check_health(self) -> None:
+        """Raise ``ServiceUnavailable`` unless the engine can serve requests."""
+
+    @abc.abstractmethod
+    async def shutdown(self) -> None:
+        """Release the model and any threads; safe to call more than once."""
+
+    @abc.abstractmethod
+    def stats(self) -> EngineStats:
+        """Current load figures for the load controller."""
+
+    @property
+    @abc.abstractmethod
+    def model(self) -> str:
+        """Model id and version, as reported in responses."""

@@ -1,0 +1,82 @@
+"""The one place where exceptions become HTTP error responses.
+
+Body shape everywhere: ``{"error": {"code", "message", "request_id"}}``. A
+:class:`~serve_app.errors.MemeServeError` keeps its status and message; validation
+errors become 422; anything unexpected becomes a generic 500 whose details go to the
+log, never to the client.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve_app.errors import MemeServeError
+from serve_app.request_context import current_request_id
+
+logger = logging.getLogger(__name__)
+
+_HTTP_CODES = {
+    400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+    405: "method_not_allowed", 406: "not_acceptable", 413: "payload_too_large",
+    415: "unsupported_media_type", 422: "invalid_request", 429: "rate_limited",
+}
+
+
+def unwrap(exc: BaseException) -> BaseException:
+    """Ray wraps replica exceptions (``RayTaskError(X)``); return the original ``X``."""
+    seen = 0
+    while seen < 5 and not isinstance(exc, MemeServeError) and getattr(exc, "cause", None):
+        exc = exc.cause  # type: ignore[attr-defined]
+        seen += 1
+    return exc
+
+
+def error_response(exc: BaseException, request_id: str | None = None) -> JSONResponse:
+    """Convert any exception into the JSON error response."""
+    request_id = request_id or current_request_id()
+    exc = unwrap(exc)
+    headers: dict[str, str] = {}
+    if isinstance(exc, MemeServeError):
+        status, code, message = exc.status, exc.code, exc.message
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
+        if status >= 500:
+            logger.warning("request failed: %s %s", code, message)
+    elif isinstance(exc, RequestValidationError):
+        status, code = 422, "invalid_request"
+        message = _validation_message(exc.errors())
+    elif isinstance(exc, StarletteHTTPException):
+        status = exc.status_code
+        code = _HTTP_CODES.get(status, "http_error")
+        message = str(exc.detail)
+    else:
+        logger.error("unexpected error", exc_info=(type(exc), exc, exc.__traceback__))
+        status, code, message = 500, "internal_error", "internal error; see the service logs"
+    body = {"error": {"code": code, "message": message, "request_id": request_id}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _validation_message(errors: Any) -> str:
+    parts = []
+    for error in list(errors)[:5]:
+        location = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{location or 'body'}: {error.get('msg', 'invalid')}")
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Register :func:`error_response` for every exception type FastAPI may see."""
+
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(exc, getattr(request.state, "request_id", None))
+
+    app.add_exception_handler(MemeServeError, handle)
+    app.add_exception_handler(RequestValidationError, handle)
+    app.add_exception_handler(StarletteHTTPException, handle)
+    app.add_exception_handler(Exception, handle)

@@ -1,0 +1,358 @@
+"""HTTP ingress: FastAPI routes, request ids, limits, and orchestration of the graph.
+
+The ingress owns everything HTTP-shaped (parsing uploads, request ids, status codes)
+and nothing model-shaped: it asks the Preprocessor for a prepared request (or a
+stored answer), the VLM pool for model text, and the Structurer for the analysis.
+"""
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+from starlette.datastructures import UploadFile
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from serve_app import __version__
+from serve_app.config import AppArgs
+from serve_app.errors import (
+    BadInput,
+    DeadlineExceeded,
+    PayloadTooLarge,
+    SchemaError,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from serve_app.http_errors import error_response, install_error_handlers
+from serve_app.request_context import (
+    choose_request_id,
+    configure_logging,
+    set_request_id,
+)
+from serve_app.preprocessing import CacheHit
+from serve_app.schema import Analysis, AnalyzeJSONRequest, ErrorBody
+from serve_app.structuring import StructureContext
+
+logger = logging.getLogger(__name__)
+
+# Multipart boundaries and base64 inflate the body; allow for it over the image limit.
+_BODY_OVERHEAD_RATIO = 4 / 3
+_BODY_OVERHEAD_BYTES = 64 * 1024
+
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": description}
+    for status, description in {
+        400: "Corrupt, truncated or undecodable input.",
+        413: "Too many bytes, pixels or frames.",
+        415: "Not an allowed image type (judged by content).",
+        422: "The request does not match the schema.",
+        500: "Internal error (no details are exposed).",
+        502: "The engine failed.",
+        503: "Not ready or shedding load; see Retry-After.",
+        504: "The request deadline passed.",
+    }.items()
+}
+
+_ANALYZE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {
+                        "image": {"type": "string", "format": "binary"},
+                        "text": {"type": "string"},
+                    },
+                }
+            },
+            "application/json": {"schema": AnalyzeJSONRequest.model_json_schema()},
+        },
+    }
+}
+
+
+class RequestIdMiddleware:
+    """Pure ASGI middleware: sets the request id, and no error escapes as a traceback.
+
+    Serve's proxy already puts ``x-request-id`` on the request (the caller's, or a
+    fresh one) and echoes it on the response; we adopt it when it is sane and make a
+    new one otherwise, so the id in the body is always safe to log.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = next(
+            (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"x-request-id"),
+            None,
+        )
+        request_id = choose_request_id(incoming)
+        set_request_id(request_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                logger.exception("error after the response started")
+                return
+            response = error_response(exc, request_id)
+            await response(scope, receive, send)
+
+
+async def read_body_limited(request: Request, limit: int) -> bytes:
+    """Read the body, refusing (413) as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        try:
+            if int(declared) > limit:
+                raise PayloadTooLarge(f"request body is {declared} bytes; the limit is {limit}")
+        except ValueError:
+            raise BadInput("invalid Content-Length header") from None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def decode_base64_image(value: str) -> bytes:
+    """Base64 (optionally a ``data:`` URL) → bytes; 400 when it is not base64."""
+    text = value.strip()
+    if text.startswith("data:"):
+        _, _, text = text.partition(",")
+    try:
+        return base64.b64decode("".join(text.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise BadInput("image_base64 is not valid base64") from None
+
+
+async def parse_analyze_input(request: Request, body_limit: int) -> tuple[bytes, str | None]:
+    """(image bytes, context text) from a multipart or JSON analyze request."""
+    content_type = request.headers.get("content-type", "").lower()
+    body = await read_body_limited(request, body_limit)
+    if content_type.startswith("multipart/form-data"):
+        replayed = Request(request.scope, _replay(body))
+        try:
+            form = await replayed.form(max_files=1, max_fields=8, max_part_size=body_limit)
+        except Exception as exc:
+            raise BadInput(f"malformed multipart body: {exc}") from None
+        image = form.get("image")
+        text = form.get("text")
+        if image is None:
+            raise SchemaError("multipart field 'image' (a file) is required")
+        if not isinstance(image, UploadFile):
+            raise SchemaError("multipart field 'image' must be a file upload")
+        if text is not None and not isinstance(text, str):
+            raise SchemaError("multipart field 'text' must be a plain text field")
+        data = await image.read()
+        await form.close()
+        return data, text
+    if content_type.startswith("application/json") or content_type.endswith("+json"):
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            raise BadInput("request body is not valid JSON") from None
+        try:
+            parsed = AnalyzeJSONRequest.model_validate(payload)
+        except ValidationError as exc:
+            raise SchemaError(_pydantic_message(exc)) from None
+        return decode_base64_image(parsed.image_base64), parsed.text
+    raise UnsupportedMediaType(
+        "send multipart/form-data (fields image, text) or application/json "
+        "(image_base64, text)"
+    )
+
+
+def _pydantic_message(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        location = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{location}: {error['msg']}")
+    return "; ".join(parts)
+
+
+def _replica_summary() -> dict[str, Any]:
+    """Per-deployment status and replica counts from Serve's controller."""
+    try:
+        app_name = serve.get_replica_context().app_name
+        status = serve.status().applications[app_name]
+    except Exception as exc:  # the controller may be briefly unreachable
+        return {"error": str(exc)[:200]}
+    return {
+        name: {
+            "status": str(getattr(d.status, "value", d.status)),
+            "replicas": {str(getattr(k, "value", k)): v for k, v in d.replica_states.items()},
+        }
+        for name, d in status.deployments.items()
+    }
+
+
+app = FastAPI(
+    title="memeserve",
+    version=__version__,
+    description="Reads internet memes (image + optional context) and returns a structured "
+    "judgement: emotion, intent, sarcasm, offensiveness, confidence, explanation, risk.",
+)
+app.add_middleware(RequestIdMiddleware)
+install_error_handlers(app)
+
+
+@serve.deployment(
+    max_ongoing_requests=64,
+    ray_actor_options={"num_cpus": 0.1},
+)
+@serve.ingress(app)
+class Ingress:
+    """HTTP front of the graph."""
+
+    def __init__(
+        self,
+        args: dict[str, Any],
+        preprocessor: DeploymentHandle,
+        vlm_pool: DeploymentHandle,
+        structurer: DeploymentHandle,
+        store: DeploymentHandle,
+    ) -> None:
+        configure_logging()
+        self._args = AppArgs.model_validate(args)
+        self._preprocessor = preprocessor
+        self._vlm = vlm_pool
+        self._structurer = structurer
+        self._store = store
+        self._body_limit = int(
+            self._args.limits.max_bytes * _BODY_OVERHEAD_RATIO + _BODY_OVERHEAD_BYTES
+        )
+
+    @app.post(
+        "/v1/memes/analyze",
+        response_model=Analysis,
+        responses=_ERROR_RESPONSES,
+        openapi_extra=_ANALYZE_BODY,
+        summary="Analyse one meme",
+    )
+    async def analyze(self, request: Request) -> JSONResponse:
+        """Multipart (``image`` file, optional ``text``) or JSON (``image_base64``, ``text``)."""
+        started = time.perf_counter()
+        request_id = request.state.request_id
+        data, text = await parse_analyze_input(request, self._body_limit)
+        timeout = self._args.request_timeout_s
+        try:
+            result = await asyncio.wait_for(
+                self._run_graph(data, text, request_id, time.time() + timeout), timeout
+            )
+        except TimeoutError:
+            raise DeadlineExceeded(f"no answer within {timeout:g} s") from None
+        result["request_id"] = request_id
+        result["meta"]["timings_ms"]["total"] = round((time.perf_counter() - started) * 1000, 2)
+        return JSONResponse(result)
+
+    async def _run_graph(
+        self, data: bytes, text: str | None, request_id: str, deadline: float
+    ) -> dict[str, Any]:
+        prepared = await self._preprocessor.prepare.remote(data, text, request_id, deadline)
+        if isinstance(prepared, CacheHit):
+            result = dict(prepared.analysis)
+            meta = dict(result["meta"])
+            meta["cache"] = {"hit": True, "match": "exact", "distance": 0}
+            meta["timings_ms"] = {
+                "preprocess": round(prepared.preprocess_ms, 2), "engine": 0.0,
+                "structure": 0.0, "total": 0.0,
+            }
+            meta["degradation_level"] = prepared.level
+            result["meta"] = meta
+            return result
+        context = StructureContext(
+            request_id=request_id,
+            degradation_level=prepared.request.level,
+            image=prepared.image,
+            preprocess_ms=prepared.preprocess_ms,
+            explanation_max_chars=prepared.explanation_max_chars,
+        )
+        # The DeploymentResponse goes straight to the Structurer as a top-level argument.
+        output = self._vlm.generate.remote(prepared.request)
+        key = prepared.key if self._args.cache.enabled else None
+        result: dict[str, Any] = await self._structurer.structure.remote(output, context, key)
+        return result
+
+    @app.get("/healthz", summary="Liveness")
+    async def healthz(self) -> dict[str, str]:
+        """The ingress process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness", responses={503: _ERROR_RESPONSES[503]})
+    async def readyz(self) -> dict[str, Any]:
+        """Ready when a VLM pool replica answers with a started engine."""
+        try:
+            engine = await asyncio.wait_for(self._vlm.info.remote(), 5.0)
+        except TimeoutError:
+            raise ServiceUnavailable("the engine did not answer in time", retry_after_s=2) from None
+        except Exception as exc:
+            raise ServiceUnavailable(f"engine not ready: {exc}", retry_after_s=2) from None
+        return {"status": "ready", "engine": engine["kind"], "model": engine["model"]}
+
+    @app.get("/v1/status", summary="Degradation level, cache figures, engine, replicas")
+    async def status(self) -> dict[str, Any]:
+        """Operational snapshot of the running graph."""
+        engine_call = self._vlm.info.remote()
+        cache_call = self._store.stats.remote()
+        engine: dict[str, Any]
+        try:
+            engine = await asyncio.wait_for(engine_call, 5.0)
+        except Exception as exc:
+            engine = {"kind": self._args.engine.kind, "ready": False, "error": str(exc)[:200]}
+        level = self._args.level(0)
+        return {
+            "service": "memeserve",
+            "version": __version__,
+            "engine": engine,
+            "model": f"{self._args.engine.model_id}@{self._args.engine.model_version}",
+            "prompt_version": self._args.prompt_version,
+            "degradation": {
+                "level": level.level,
+                "name": level.name,
+                "max_visual_tokens": level.max_visual_tokens,
+                "controller": "none (fixed at level 0)",
+                "signals": {},
+            },
+            "cache": await asyncio.wait_for(cache_call, 5.0),
+            "replicas": await asyncio.to_thread(_replica_summary),
+        }
+
