@@ -33,6 +33,32 @@ def _is_text(text: str) -> bool:
     return sum(ch.isalnum() for ch in text) >= 2
 
 
+def _reading_order(fragments: list[tuple[float, float, float, str, float]]) -> list[OcrLine]:
+    """Group fragments whose vertical centres are close into rows; read rows left to right.
+
+    The detector often splits one caption at its punctuation ("你说得对" / "但是"); the
+    pieces of a row are joined with a space so the caption reads as written.
+    """
+    rows: list[list[tuple[float, float, float, str, float]]] = []
+    for fragment in sorted(fragments, key=lambda f: (f[0] + f[1]) / 2):
+        centre, height = (fragment[0] + fragment[1]) / 2, fragment[1] - fragment[0]
+        if rows:
+            last = rows[-1][0]
+            if abs(centre - (last[0] + last[1]) / 2) < 0.5 * max(height, last[1] - last[0]):
+                rows[-1].append(fragment)
+                continue
+        rows.append([fragment])
+    lines = []
+    for row in rows:
+        row.sort(key=lambda f: f[2])
+        lines.append(OcrLine(
+            text=" ".join(f[3] for f in row),
+            score=round(min(f[4] for f in row), 4),
+            top=min(f[0] for f in row),
+        ))
+    return lines
+
+
 class OcrReader:
     """Thread-safe wrapper around one RapidOCR instance."""
 
@@ -76,15 +102,18 @@ class OcrReader:
         texts = getattr(result, "txts", None) or ()
         scores = getattr(result, "scores", None) or ()
         boxes = getattr(result, "boxes", None)
-        lines: list[OcrLine] = []
+        fragments: list[tuple[float, float, float, str, float]] = []
         for i, (text, score) in enumerate(zip(texts, scores, strict=False)):
             text = str(text).strip()
             if float(score) < self.min_score or not _is_text(text):
                 continue
-            top = float(np.min(boxes[i][:, 1])) if boxes is not None else float(i)
-            lines.append(OcrLine(text=text, score=round(float(score), 4), top=top))
-        lines.sort(key=lambda line: line.top)
-        return lines
+            if boxes is not None:
+                box = np.asarray(boxes[i])
+                top, bottom, left = float(box[:, 1].min()), float(box[:, 1].max()), float(box[:, 0].min())
+            else:
+                top, bottom, left = float(i), float(i) + 1.0, 0.0
+            fragments.append((top, bottom, left, text, float(score)))
+        return _reading_order(fragments)
 
     def close(self) -> None:
         """Drop the ONNX sessions."""

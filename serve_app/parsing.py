@@ -20,6 +20,7 @@ _THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 _BOX = re.compile(r"<\|begin_of_box\|>(.*?)(?:<\|end_of_box\|>|$)", re.DOTALL)
 _SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>|\[gMASK\]|<sop>|<eop>", re.IGNORECASE)
 _FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)(?:```|$)", re.DOTALL)
+_OBJECT_OPEN = re.compile(r"[{｛]")
 _BARE_KEY_START = re.compile(r"[A-Za-z_\u4e00-\u9fff]")
 _MAX_SCAN_CHARS = 200_000
 
@@ -83,17 +84,23 @@ def _strip_wrappers(text: str, warnings: list[str]) -> str:
 def _candidates(text: str) -> list[tuple[str, bool]]:
     """Balanced ``{...}`` spans (complete) and, last, an unterminated tail (incomplete)."""
     found: list[tuple[str, bool]] = []
-    start = text.find("{")
+    start = _find_open(text, 0)
     while start >= 0 and len(found) < 8:
         end = _matching_brace(text, start)
         if end < 0:
             found.append((text[start:], False))
             break
         found.append((text[start : end + 1], True))
-        start = text.find("{", end + 1)
+        start = _find_open(text, end + 1)
     # Prefer larger objects: a short "{...}" in prose before the answer is rarely it.
     found.sort(key=lambda item: (not item[1], -len(item[0])))
     return found
+
+
+def _find_open(text: str, start: int) -> int:
+    """Index of the next ``{`` or full-width ``｛`` at or after ``start``, else -1."""
+    match = _OBJECT_OPEN.search(text, start)
+    return match.start() if match else -1
 
 
 def _matching_brace(text: str, start: int) -> int:

@@ -30,7 +30,8 @@ _FULLWIDTH_ASCII = {
     code: code - 0xFEE0
     for code in (*range(0xFF10, 0xFF1A), *range(0xFF21, 0xFF3B), *range(0xFF41, 0xFF5B), 0xFF0E, 0xFF0F)
 }
-_SENTENCE = re.compile(r"[^。！？!?；;\n]+[。！？!?；;\n]*")
+# A "." ends a sentence only before whitespace or the end ("1.2", "a.com" do not split).
+_SENTENCE = re.compile(r"(?:[^。！？!?；;\n.]|\.(?!\s|$))+[。！？!?；;\n.]*")
 _INSTRUCTION = re.compile(
     r"ignore\s+(all\s+)?(the\s+)?(previous|prior|above|earlier)"
     r"|disregard\s+(all\s+)?(the\s+)?(previous|prior|above)"
@@ -54,8 +55,9 @@ def clean_explanation(text: str, max_chars: int) -> tuple[str, list[str]]:
         fired.append("markup")
     text = _strip(text, _TAG, "markup", fired)
     text = _strip(text, _SPECIAL, "special_tokens", fired)
-    text = _strip(text, _URL, "urls", fired)
+    # Emails first: the bare-domain URL pattern would otherwise leave "name@" behind.
     text = _strip(text, _EMAIL, "urls", fired)
+    text = _strip(text, _URL, "urls", fired)
     text = "".join(ch for ch in text if ch in "\n" or unicodedata.category(ch)[0] != "C")
     kept = []
     for sentence in _SENTENCE.findall(text):

@@ -90,8 +90,12 @@ def _canonical_key(key: object) -> str:
 def _unwrap(raw: dict[str, Any]) -> dict[str, Any]:
     """``{"analysis": {...}}`` and similar single wrappers are opened."""
     for _ in range(3):
-        inner = [raw[k] for k in raw if _canonical_key(k) in _WRAPPER_KEYS and isinstance(raw[k], dict)]
-        known = any(_canonical_key(k) in _ALIAS_TO_FIELD for k in raw)
+        wrappers = [
+            k for k in raw if _canonical_key(k) in _WRAPPER_KEYS and isinstance(raw[k], dict)
+        ]
+        inner = [raw[k] for k in wrappers]
+        # "analysis" is both a wrapper and an explanation alias: a dict under it is a wrapper.
+        known = any(_canonical_key(k) in _ALIAS_TO_FIELD for k in raw if k not in wrappers)
         if inner and not known:
             raw = inner[0]
         else:

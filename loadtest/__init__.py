@@ -1,0 +1,1 @@
+"""Load tests, benchmarks and the seeded meme corpus they share."""

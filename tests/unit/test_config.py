@@ -1,0 +1,102 @@
+"""Strict configuration models and `memeserve check-config`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from serve_app.cli import main
+from serve_app.config import AppArgs, StructurerUserConfig
+from serve_app.config_check import check_file
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "autoscale_configs").glob("*.yaml"))
+
+
+def test_defaults_are_valid_and_complete() -> None:
+    args = AppArgs()
+    assert [args.level(n).level for n in range(4)] == [0, 1, 2, 3]
+    assert args.level(0).max_visual_tokens == 1024
+
+
+def test_unknown_keys_are_errors_naming_the_field() -> None:
+    with pytest.raises(ValidationError) as info:
+        AppArgs.model_validate({"engine": {"kind": "lite", "modle_id": "x"}})
+    (error,) = info.value.errors()
+    assert error["loc"] == ("engine", "modle_id") and error["type"] == "extra_forbidden"
+
+
+def test_levels_must_cover_zero_to_three() -> None:
+    row = AppArgs().level(0).model_dump()
+    with pytest.raises(ValidationError, match="0..3"):
+        AppArgs.model_validate({"levels": [row]})
+
+
+def test_every_field_is_described() -> None:
+    for model in (AppArgs, StructurerUserConfig):
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_profiles_are_valid(path: Path) -> None:
+    assert check_file(path) == []
+
+
+def _write(tmp_path: Path, document: object) -> Path:
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(document, allow_unicode=True), "utf-8")
+    return path
+
+
+def _dev_cpu() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((ROOT / "autoscale_configs/dev-cpu.yaml").read_text("utf-8"))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected_path"),
+    [
+        (lambda d: d["applications"][0]["args"]["engine"].update(kind="gpt"),
+         "applications[0].args.engine.kind"),
+        (lambda d: d["applications"][0]["args"]["limits"].update(max_byts=1),
+         "applications[0].args.limits.max_byts"),
+        (lambda d: d["applications"][0]["deployments"][3]["user_config"]["risk"].update(block=0.1),
+         "applications[0].deployments[3].user_config.risk"),
+        (lambda d: d["applications"][0]["deployments"][0].update(user_config={"a": 1}),
+         "applications[0].deployments[0].user_config"),
+        (lambda d: d["applications"][0]["deployments"][1].update(name="Preprocesor"),
+         "applications[0].deployments[1].name"),
+        (lambda d: d["applications"][0].update(import_path="other.app:build"),
+         "applications[0].import_path"),
+        (lambda d: d["applications"][0]["deployments"][2].update(num_replicas="many"),
+         "applications[0].deployments[2]"),
+    ],
+)
+def test_problems_name_file_and_path(tmp_path: Path, mutate, expected_path: str) -> None:  # type: ignore[no-untyped-def]
+    document = _dev_cpu()
+    mutate(document)
+    path = _write(tmp_path, document)
+    problems = check_file(path)
+    assert problems, "the broken config was accepted"
+    rendered = [str(p) for p in problems]
+    assert any(r.startswith(f"{path}: {expected_path}") for r in rendered), rendered
+
+
+def test_yaml_syntax_errors_give_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text("applications:\n  - name: [unclosed\n", "utf-8")
+    (problem,) = check_file(path)
+    assert "line" in problem.path and "invalid YAML" in problem.reason
+
+
+def test_check_config_command_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check-config", str(ROOT / "autoscale_configs/dev-cpu.yaml")]) == 0
+    document = _dev_cpu()
+    document["applications"][0]["args"]["cache"]["ttl_s"] = -5
+    bad = _write(tmp_path, document)
+    assert main(["check-config", str(bad)]) == 1
+    out = capsys.readouterr().out
+    assert "applications[0].args.cache.ttl_s" in out and str(bad) in out
