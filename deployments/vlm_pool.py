@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 class VLMPool:
     """Serve wrapper: the engine is built cheaply, then started before traffic arrives."""
 
-    async def __init__(self, engine_args: dict[str, Any]) -> None:
+    # Serve awaits an async constructor before the replica takes traffic.
+    async def __init__(self, engine_args: dict[str, Any]) -> None:  # type: ignore[misc]
         configure_logging()
         self._args = EngineArgs.model_validate(engine_args)
         self._engine = create_engine(self._args)

@@ -6,6 +6,7 @@ from typing import Any
 
 from pydantic import ValidationError
 from ray.serve import Application
+from ray.serve.deployment import Deployment
 
 from deployments.fingerprint_store import FingerprintStore
 from deployments.preprocessor import Preprocessor
@@ -25,8 +26,14 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
     except ValidationError as exc:
         raise ValueError(f"invalid application args: {exc}") from exc
     plain = parsed.model_dump(mode="json")
-    store = FingerprintStore.bind(plain["cache"])
-    preprocessor = Preprocessor.bind(plain, store)
-    vlm_pool = VLMPool.bind(plain["engine"])
-    structurer = Structurer.bind(store)
-    return Ingress.bind(plain, preprocessor, vlm_pool, structurer, store)
+    store = _deployment(FingerprintStore).bind(plain["cache"])
+    preprocessor = _deployment(Preprocessor).bind(plain, store)
+    vlm_pool = _deployment(VLMPool).bind(plain["engine"])
+    structurer = _deployment(Structurer).bind(store)
+    return _deployment(Ingress).bind(plain, preprocessor, vlm_pool, structurer, store)
+
+
+def _deployment(decorated: object) -> Deployment:
+    """``@serve.deployment`` turns a class into a Deployment; type checkers don't see it."""
+    assert isinstance(decorated, Deployment), f"{decorated!r} is not a Serve deployment"
+    return decorated

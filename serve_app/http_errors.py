@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.errors import MemeServeError
+from serve_app.errors import MemeServeError, ServiceUnavailable
 from serve_app.request_context import current_request_id
 
 logger = logging.getLogger(__name__)
@@ -37,10 +37,25 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
+def _from_ray(exc: BaseException) -> MemeServeError | None:
+    """Ray's own failures between deployments, as the errors a client should see."""
+    from ray import exceptions as ray_exceptions
+    from ray.serve import exceptions as serve_exceptions
+
+    if isinstance(exc, serve_exceptions.BackPressureError):
+        return ServiceUnavailable("the service is at capacity; retry shortly", retry_after_s=1)
+    if isinstance(exc, ray_exceptions.RayActorError | ray_exceptions.ActorUnavailableError):
+        return ServiceUnavailable(
+            "a replica of the graph was lost while serving this request; retry", retry_after_s=2
+        )
+    return None
+
+
 def error_response(exc: BaseException, request_id: str | None = None) -> JSONResponse:
     """Convert any exception into the JSON error response."""
     request_id = request_id or current_request_id()
     exc = unwrap(exc)
+    exc = _from_ray(exc) or exc
     headers: dict[str, str] = {}
     if isinstance(exc, MemeServeError):
         status, code, message = exc.status, exc.code, exc.message

@@ -127,7 +127,7 @@ def decode_image(data: bytes, limits: Limits) -> DecodedImage:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(BytesIO(data), formats=[fmt])
+            img: Image.Image = Image.open(BytesIO(data), formats=[fmt])
             width, height = img.size
             _check_dimensions(width, height, limits)
             frames = _frame_count(img)

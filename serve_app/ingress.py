@@ -309,8 +309,8 @@ class Ingress:
         # The DeploymentResponse goes straight to the Structurer as a top-level argument.
         output = self._vlm.generate.remote(prepared.request)
         key = prepared.key if self._args.cache.enabled else None
-        result: dict[str, Any] = await self._structurer.structure.remote(output, context, key)
-        return result
+        analysis: dict[str, Any] = await self._structurer.structure.remote(output, context, key)
+        return analysis
 
     @app.get("/healthz", summary="Liveness")
     async def healthz(self) -> dict[str, str]:

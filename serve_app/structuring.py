@@ -272,9 +272,9 @@ def build_analysis(
         explanation = MISSING_EXPLANATION[:cap] if cap else ""
     return Analysis(
         request_id=context.request_id,
-        emotion=fields.emotion,  # type: ignore[arg-type]
+        emotion=fields.emotion,
         emotion_zh=EMOTION_ZH[fields.emotion],
-        intent=fields.intent,  # type: ignore[arg-type]
+        intent=fields.intent,
         sarcastic=fields.sarcastic,
         offensiveness=fields.offensiveness,
         confidence=fields.confidence,

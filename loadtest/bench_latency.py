@@ -1,0 +1,187 @@
+"""`make bench`: latency of the running graph on the synthetic meme corpus.
+
+Starts the given profile with ``memeserve run`` on a free port (or measures an
+already running service with ``--url``), then prints, in one run:
+
+* time from start to ready (``/readyz`` answering 200);
+* the engine path: ``--requests`` distinct memes, one at a time — p50/p95/max of
+  the client-observed round trip and the server's own stage timings;
+* the cache-hit path: the same memes again (exact repeats);
+* a concurrent burst: throughput at ``--concurrency`` clients.
+
+Figures go to stdout and, as JSON, to ``artifacts/bench_latency.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from loadtest.corpus import corpus, meme_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+def summarise(values: list[float]) -> dict[str, float]:
+    return {
+        "n": len(values),
+        "p50": round(statistics.median(values), 1),
+        "p95": round(percentile(values, 95), 1),
+        "max": round(max(values), 1),
+    }
+
+
+def post(client: httpx.Client, data: bytes, text: str | None) -> tuple[float, dict[str, Any]]:
+    started = time.perf_counter()
+    response = client.post("/v1/memes/analyze", files={"image": ("m.jpg", data)},
+                           data={"text": text} if text else None)
+    elapsed = (time.perf_counter() - started) * 1000.0
+    if response.status_code != 200:
+        raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
+    return elapsed, response.json()
+
+
+def start_service(config: Path) -> tuple[subprocess.Popen[bytes], str, float]:
+    document = yaml.safe_load(config.read_text("utf-8"))
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    document.setdefault("http_options", {})["port"] = port
+    document["http_options"]["host"] = "127.0.0.1"
+    handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    with handle:
+        yaml.safe_dump(document, handle, allow_unicode=True)
+    started = time.monotonic()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "serve_app.cli", "run", "--config", handle.name],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() - started < 600:
+            if process.poll() is not None:
+                raise RuntimeError("the service exited before it was ready")
+            try:
+                if client.get(f"{url}/readyz").status_code == 200:
+                    return process, url, time.monotonic() - started
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError("the service did not become ready in 600 s")
+
+
+def run(url: str, requests: int, concurrency: int, seed: int) -> dict[str, Any]:
+    specs = corpus(requests, seed=seed)
+    payloads = [(meme_bytes(spec, "JPEG", quality=88), spec.top) for spec in specs]
+    results: dict[str, Any] = {}
+    with httpx.Client(base_url=url, timeout=120) as client:
+        # Warm-up: one request outside the measurement (first OCR call loads kernels).
+        post(client, meme_bytes(corpus(1, seed=seed + 999)[0], "PNG"), None)
+        fresh, engine_ms, preprocess_ms = [], [], []
+        for data, text in payloads:
+            elapsed, body = post(client, data, text)
+            if body["meta"]["cache"]["hit"]:
+                raise RuntimeError("a fresh meme was a cache hit; the corpus is not distinct")
+            fresh.append(elapsed)
+            engine_ms.append(body["meta"]["timings_ms"]["engine"])
+            preprocess_ms.append(body["meta"]["timings_ms"]["preprocess"])
+        hits = []
+        for data, text in payloads:
+            elapsed, body = post(client, data, text)
+            if not body["meta"]["cache"]["hit"]:
+                raise RuntimeError("a repeat was not a cache hit")
+            hits.append(elapsed)
+    results["engine_path_ms"] = summarise(fresh)
+    results["engine_stage_ms"] = summarise(engine_ms)
+    results["preprocess_stage_ms"] = summarise(preprocess_ms)
+    results["cache_hit_ms"] = summarise(hits)
+
+    burst = [(meme_bytes(spec, "JPEG", quality=88), spec.top)
+             for spec in corpus(concurrency * 5, seed=seed + 1)]
+
+    def one(item: tuple[bytes, str]) -> float:
+        with httpx.Client(base_url=url, timeout=300) as http:
+            return post(http, *item)[0]
+
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
+        latencies = list(pool.map(one, burst))
+    wall = time.perf_counter() - started
+    results["burst"] = {
+        "concurrency": concurrency,
+        "requests": len(burst),
+        "throughput_rps": round(len(burst) / wall, 2),
+        **summarise(latencies),
+    }
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("autoscale_configs/dev-cpu.yaml"))
+    parser.add_argument("--url", default=None, help="measure this running service instead")
+    parser.add_argument("--requests", type=int, default=50)
+    parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench_latency.json")
+    args = parser.parse_args(argv)
+
+    process = None
+    ready_s = None
+    url = args.url
+    try:
+        if url is None:
+            process, url, ready_s = start_service(args.config)
+        results = run(url, args.requests, args.concurrency, args.seed)
+    finally:
+        if process is not None:
+            os.killpg(process.pid, signal.SIGINT)
+            process.wait(timeout=120)
+    results["config"] = str(args.config) if args.url is None else None
+    results["ready_s"] = round(ready_s, 1) if ready_s is not None else None
+    results["cpus"] = os.cpu_count()
+
+    print(f"memeserve bench ({results['config'] or url}, {results['cpus']} CPUs)")
+    if ready_s is not None:
+        print(f"  start to ready            {ready_s:8.1f} s")
+    for name, label in (("engine_path_ms", "engine path (round trip)"),
+                        ("engine_stage_ms", "  engine stage"),
+                        ("preprocess_stage_ms", "  preprocess stage"),
+                        ("cache_hit_ms", "cache hit (round trip)")):
+        row = results[name]
+        print(f"  {label:26s} p50 {row['p50']:7.1f} ms  p95 {row['p95']:7.1f} ms  "
+              f"max {row['max']:7.1f} ms  (n={row['n']})")
+    burst = results["burst"]
+    print(f"  burst x{burst['concurrency']:<3d} {burst['requests']:3d} req     "
+          f"{burst['throughput_rps']:6.2f} req/s  p50 {burst['p50']:.1f} ms  p95 {burst['p95']:.1f} ms")
+    print("  (lite engine: OCR + lexicon on CPU; no language model, so DESIGN.md §5's "
+          "per-token floor does not apply)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2), "utf-8")
+    print(f"  written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""`make run` as a user runs it: a subprocess, real HTTP, then Ctrl-C."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from loadtest.corpus import MemeSpec, meme_bytes
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Service:
+    """`make run CONFIG=...` in its own process group, output collected line by line."""
+
+    def __init__(self, config: Path) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            ["make", "--no-print-directory", "run", f"CONFIG={config}"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    def wait_for_line(self, pattern: str, timeout_s: float) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        regex = re.compile(pattern)
+        while time.monotonic() < deadline:
+            for line in list(self.lines):
+                match = regex.search(line)
+                if match:
+                    return match
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.2)
+        raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.lines)[-4000:]}")
+
+    def interrupt(self) -> int:
+        """Ctrl-C as a terminal sends it: SIGINT to the whole foreground group."""
+        os.killpg(self.process.pid, signal.SIGINT)
+        return self.process.wait(timeout=120)
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shipped CPU profile on a free port (so a running `make run` is not disturbed)."""
+    document = yaml.safe_load((ROOT / "autoscale_configs/dev-cpu.yaml").read_text("utf-8"))
+    document["http_options"]["port"] = _free_port()
+    path = tmp_path_factory.mktemp("profile") / "dev-cpu-e2e.yaml"
+    path.write_text(yaml.safe_dump(document, allow_unicode=True), "utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(profile: Path) -> Iterator[Service]:
+    service = Service(profile)
+    try:
+        yield service
+    finally:
+        if service.process.poll() is None:
+            os.killpg(service.process.pid, signal.SIGKILL)
+
+
+def test_make_run_serves_then_stops_cleanly_on_ctrl_c(service: Service, profile: Path) -> None:
+    port = yaml.safe_load(profile.read_text("utf-8"))["http_options"]["port"]
+    match = service.wait_for_line(r"memeserve: ready in ([0-9.]+) s at (http://\S+)", timeout_s=300)
+    url = match.group(2)
+    assert url == f"http://127.0.0.1:{port}"
+
+    data = meme_bytes(MemeSpec(template=5, top="你说得对，但是", bottom="急了"), "JPEG", quality=90)
+    response = httpx.post(f"{url}/v1/memes/analyze", files={"image": ("meme.jpg", data)},
+                          data={"text": "你说得对，但是"}, timeout=120)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert "你说得对" in " ".join(body["evidence"]["ocr_text"])
+    assert "你说得对但是" in body["evidence"]["slang"]
+
+    code = service.interrupt()
+    output = "".join(service.lines)
+    # make itself dies of the SIGINT it was sent once its recipe has finished.
+    assert code in (0, -signal.SIGINT, 130), output[-4000:]
+    assert "memeserve: stopped" in output
+    assert "Traceback" not in output.split("memeserve: stopping")[-1]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/healthz", timeout=2)
