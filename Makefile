@@ -57,6 +57,7 @@ test-e2e: install system-deps
 
 lint: install
 	$(BIN)/ruff check serve_app deployments tests loadtest
+	$(BIN)/ruff format --check serve_app deployments tests loadtest
 
 typecheck: install
 	$(BIN)/mypy

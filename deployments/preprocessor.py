@@ -35,7 +35,12 @@ class Preprocessor:
         set_request_id(request_id)
         # Decoding and resizing are CPU work (Pillow releases the GIL): keep the loop free.
         prepared = await asyncio.to_thread(
-            prepare, data, text, request_id=request_id, args=self._args, level=0,
+            prepare,
+            data,
+            text,
+            request_id=request_id,
+            args=self._args,
+            level=0,
             deadline=deadline,
         )
         if self._args.cache.enabled:
@@ -43,5 +48,7 @@ class Preprocessor:
             if stored is not None:
                 analysis, level = stored
                 logger.info("exact cache hit %s", prepared.key[:16])
-                return CacheHit(analysis=analysis, level=level, preprocess_ms=prepared.preprocess_ms)
+                return CacheHit(
+                    analysis=analysis, level=level, preprocess_ms=prepared.preprocess_ms
+                )
         return prepared

@@ -54,8 +54,9 @@ def summarise(values: list[float]) -> dict[str, float]:
 
 def post(client: httpx.Client, data: bytes, text: str | None) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
-    response = client.post("/v1/memes/analyze", files={"image": ("m.jpg", data)},
-                           data={"text": text} if text else None)
+    response = client.post(
+        "/v1/memes/analyze", files={"image": ("m.jpg", data)}, data={"text": text} if text else None
+    )
     elapsed = (time.perf_counter() - started) * 1000.0
     if response.status_code != 200:
         raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
@@ -69,13 +70,15 @@ def start_service(config: Path) -> tuple[subprocess.Popen[bytes], str, float]:
         port = sock.getsockname()[1]
     document.setdefault("http_options", {})["port"] = port
     document["http_options"]["host"] = "127.0.0.1"
-    handle = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    with handle:
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         yaml.safe_dump(document, handle, allow_unicode=True)
     started = time.monotonic()
     process = subprocess.Popen(
         [sys.executable, "-m", "serve_app.cli", "run", "--config", handle.name],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     with httpx.Client(timeout=2) as client:
@@ -117,8 +120,10 @@ def run(url: str, requests: int, concurrency: int, seed: int) -> dict[str, Any]:
     results["preprocess_stage_ms"] = summarise(preprocess_ms)
     results["cache_hit_ms"] = summarise(hits)
 
-    burst = [(meme_bytes(spec, "JPEG", quality=88), spec.top)
-             for spec in corpus(concurrency * 5, seed=seed + 1)]
+    burst = [
+        (meme_bytes(spec, "JPEG", quality=88), spec.top)
+        for spec in corpus(concurrency * 5, seed=seed + 1)
+    ]
 
     def one(item: tuple[bytes, str]) -> float:
         with httpx.Client(base_url=url, timeout=300) as http:
@@ -165,18 +170,27 @@ def main(argv: list[str] | None = None) -> int:
     print(f"memeserve bench ({results['config'] or url}, {results['cpus']} CPUs)")
     if ready_s is not None:
         print(f"  start to ready            {ready_s:8.1f} s")
-    for name, label in (("engine_path_ms", "engine path (round trip)"),
-                        ("engine_stage_ms", "  engine stage"),
-                        ("preprocess_stage_ms", "  preprocess stage"),
-                        ("cache_hit_ms", "cache hit (round trip)")):
+    for name, label in (
+        ("engine_path_ms", "engine path (round trip)"),
+        ("engine_stage_ms", "  engine stage"),
+        ("preprocess_stage_ms", "  preprocess stage"),
+        ("cache_hit_ms", "cache hit (round trip)"),
+    ):
         row = results[name]
-        print(f"  {label:26s} p50 {row['p50']:7.1f} ms  p95 {row['p95']:7.1f} ms  "
-              f"max {row['max']:7.1f} ms  (n={row['n']})")
+        print(
+            f"  {label:26s} p50 {row['p50']:7.1f} ms  p95 {row['p95']:7.1f} ms  "
+            f"max {row['max']:7.1f} ms  (n={row['n']})"
+        )
     burst = results["burst"]
-    print(f"  burst x{burst['concurrency']:<3d} {burst['requests']:3d} req     "
-          f"{burst['throughput_rps']:6.2f} req/s  p50 {burst['p50']:.1f} ms  p95 {burst['p95']:.1f} ms")
-    print("  (lite engine: OCR + lexicon on CPU; no language model, so DESIGN.md §5's "
-          "per-token floor does not apply)")
+    print(
+        f"  burst x{burst['concurrency']:<3d} {burst['requests']:3d} req     "
+        f"{burst['throughput_rps']:6.2f} req/s  "
+        f"p50 {burst['p50']:.1f} ms  p95 {burst['p95']:.1f} ms"
+    )
+    print(
+        "  (lite engine: OCR + lexicon on CPU; no language model, so DESIGN.md §5's "
+        "per-token floor does not apply)"
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2), "utf-8")
     print(f"  written to {args.out}")

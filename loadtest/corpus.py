@@ -78,7 +78,10 @@ def draw_template(seed: int, size: tuple[int, int] = (600, 600)) -> Image.Image:
     c2 = [rng.randrange(60, 230) for _ in range(3)]
     for y in range(height):
         t = y / max(1, height - 1)
-        draw.line([(0, y), (width, y)], fill=tuple(int(a + (b - a) * t) for a, b in zip(c1, c2, strict=True)))
+        draw.line(
+            [(0, y), (width, y)],
+            fill=tuple(int(a + (b - a) * t) for a, b in zip(c1, c2, strict=True)),
+        )
     for _ in range(rng.randrange(3, 7)):
         x0, y0 = rng.randrange(0, width - 40), rng.randrange(height // 6, height - 160)
         x1 = min(width, x0 + rng.randrange(60, 260))
@@ -98,8 +101,14 @@ def _caption(draw: ImageDraw.ImageDraw, text: str, width: int, y: int, max_size:
         size -= 4
         font = cjk_font(size)
     x = (width - draw.textlength(text, font=font)) / 2
-    draw.text((x, y), text, font=font, fill=(255, 255, 255), stroke_width=max(2, size // 12),
-              stroke_fill=(0, 0, 0))
+    draw.text(
+        (x, y),
+        text,
+        font=font,
+        fill=(255, 255, 255),
+        stroke_width=max(2, size // 12),
+        stroke_fill=(0, 0, 0),
+    )
 
 
 def draw_meme(spec: MemeSpec) -> Image.Image:
@@ -133,6 +142,9 @@ def corpus(count: int, seed: int = 0) -> list[MemeSpec]:
     rng = random.Random(seed)
     specs = []
     for i in range(count):
-        specs.append(MemeSpec(template=seed * 100_003 + i, top=rng.choice(CAPTIONS),
-                              bottom=rng.choice(CAPTIONS)))
+        specs.append(
+            MemeSpec(
+                template=seed * 100_003 + i, top=rng.choice(CAPTIONS), bottom=rng.choice(CAPTIONS)
+            )
+        )
     return specs

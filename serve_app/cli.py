@@ -72,8 +72,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     host, port = http_address(config)
     probe = _probe_host(host)
     if _port_in_use(probe, port):
-        print(f"error: port {port} on {probe} is already in use "
-              "(is memeserve already running?)", file=sys.stderr)
+        print(
+            f"error: port {port} on {probe} is already in use (is memeserve already running?)",
+            file=sys.stderr,
+        )
         return 1
     env = dict(os.environ)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -91,14 +93,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         base = f"http://{probe}:{port}"
         if not wait_until_ready(f"{base}/readyz", process, args.ready_timeout):
-            print("error: the service did not become ready; see the log above",
-                  file=sys.stderr)
+            print("error: the service did not become ready; see the log above", file=sys.stderr)
             _stop(process)
             return 1
         elapsed = time.monotonic() - started
-        print(f"memeserve: ready in {elapsed:.1f} s at {base}  "
-              f"(try: curl -F image=@meme.jpg {base}/v1/memes/analyze; Ctrl-C stops)",
-              flush=True)
+        print(
+            f"memeserve: ready in {elapsed:.1f} s at {base}  "
+            f"(try: curl -F image=@meme.jpg {base}/v1/memes/analyze; Ctrl-C stops)",
+            flush=True,
+        )
         return process.wait()
     except KeyboardInterrupt:
         print("\nmemeserve: stopping ...", flush=True)
@@ -133,7 +136,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     form = {"text": args.text} if args.text else {}
     try:
         response = httpx.post(
-            f"{args.url.rstrip('/')}/v1/memes/analyze", files=files, data=form,
+            f"{args.url.rstrip('/')}/v1/memes/analyze",
+            files=files,
+            data=form,
             timeout=args.timeout,
         )
     except httpx.HTTPError as exc:
@@ -153,10 +158,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="start the service on a config profile")
-    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
-                     help=f"Serve config file (default {DEFAULT_CONFIG})")
-    run.add_argument("--ready-timeout", type=float, default=_READY_TIMEOUT_S,
-                     help="seconds to wait for /readyz")
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"Serve config file (default {DEFAULT_CONFIG})",
+    )
+    run.add_argument(
+        "--ready-timeout", type=float, default=_READY_TIMEOUT_S, help="seconds to wait for /readyz"
+    )
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check-config", help="validate Serve config files")

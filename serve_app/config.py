@@ -13,7 +13,6 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
-
 class StrictModel(BaseModel):
     """Base for all config models: unknown keys are errors, instances are immutable."""
 
@@ -106,14 +105,38 @@ class LevelArgs(StrictModel):
 
 def _default_levels() -> tuple[LevelArgs, ...]:
     return (
-        LevelArgs(level=0, name="normal", max_visual_tokens=1024, max_context_chars=2000,
-                  max_output_tokens=512, explanation_max_chars=300),
-        LevelArgs(level=1, name="degraded", max_visual_tokens=256, max_context_chars=500,
-                  max_output_tokens=256, explanation_max_chars=120),
-        LevelArgs(level=2, name="strained", max_visual_tokens=64, max_context_chars=100,
-                  max_output_tokens=96, explanation_max_chars=40),
-        LevelArgs(level=3, name="shed", max_visual_tokens=64, max_context_chars=100,
-                  max_output_tokens=96, explanation_max_chars=40),
+        LevelArgs(
+            level=0,
+            name="normal",
+            max_visual_tokens=1024,
+            max_context_chars=2000,
+            max_output_tokens=512,
+            explanation_max_chars=300,
+        ),
+        LevelArgs(
+            level=1,
+            name="degraded",
+            max_visual_tokens=256,
+            max_context_chars=500,
+            max_output_tokens=256,
+            explanation_max_chars=120,
+        ),
+        LevelArgs(
+            level=2,
+            name="strained",
+            max_visual_tokens=64,
+            max_context_chars=100,
+            max_output_tokens=96,
+            explanation_max_chars=40,
+        ),
+        LevelArgs(
+            level=3,
+            name="shed",
+            max_visual_tokens=64,
+            max_context_chars=100,
+            max_output_tokens=96,
+            explanation_max_chars=40,
+        ),
     )
 
 

@@ -82,9 +82,11 @@ def check_serve_config(document: Any, file: str) -> list[ConfigProblem]:
     for index, application in enumerate(document.get("applications") or []):
         prefix = f"applications[{index}]"
         if application.get("import_path") != IMPORT_PATH:
-            problems.append(ConfigProblem(
-                file, f"{prefix}.import_path", f"must be {IMPORT_PATH!r} for memeserve"
-            ))
+            problems.append(
+                ConfigProblem(
+                    file, f"{prefix}.import_path", f"must be {IMPORT_PATH!r} for memeserve"
+                )
+            )
             continue
         try:
             AppArgs.model_validate(application.get("args") or {})
@@ -99,7 +101,9 @@ def _check_deployment(file: str, prefix: str, deployment: Mapping[str, Any]) -> 
     name = deployment.get("name")
     if name not in DEPLOYMENT_USER_CONFIG:
         known = ", ".join(DEPLOYMENT_USER_CONFIG)
-        return [ConfigProblem(file, f"{prefix}.name", f"unknown deployment {name!r}; known: {known}")]
+        return [
+            ConfigProblem(file, f"{prefix}.name", f"unknown deployment {name!r}; known: {known}")
+        ]
     model = DEPLOYMENT_USER_CONFIG[name]
     user_config = deployment.get("user_config")
     if user_config is None:

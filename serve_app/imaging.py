@@ -146,8 +146,17 @@ def decode_image(data: bytes, limits: Limits) -> DecodedImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise PayloadTooLarge(f"image exceeds the pixel limit: {exc}") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
-            IndexError, TypeError, KeyError, struct.error) as exc:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        EOFError,
+        IndexError,
+        TypeError,
+        KeyError,
+        struct.error,
+    ) as exc:
         raise BadInput(f"corrupt or truncated {fmt} image: {_short(exc)}") from None
     except MemoryError:
         raise PayloadTooLarge("image needs more memory to decode than allowed") from None
@@ -164,14 +173,11 @@ def _check_dimensions(width: int, height: int, limits: Limits) -> None:
         raise BadInput(f"image has an empty size {width}x{height}")
     if width * height > limits.max_pixels:
         raise PayloadTooLarge(
-            f"image is {width}x{height} = {width * height} pixels; "
-            f"the limit is {limits.max_pixels}"
+            f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
         )
     ratio = max(width, height) / min(width, height)
     if ratio > limits.max_aspect_ratio:
-        raise BadInput(
-            f"image aspect ratio {ratio:.0f}:1 exceeds {limits.max_aspect_ratio:.0f}:1"
-        )
+        raise BadInput(f"image aspect ratio {ratio:.0f}:1 exceeds {limits.max_aspect_ratio:.0f}:1")
 
 
 def _frame_count(img: Image.Image) -> int:

@@ -32,12 +32,12 @@ from serve_app.errors import (
     UnsupportedMediaType,
 )
 from serve_app.http_errors import error_response, install_error_handlers
+from serve_app.preprocessing import CacheHit
 from serve_app.request_context import (
     choose_request_id,
     configure_logging,
     set_request_id,
 )
-from serve_app.preprocessing import CacheHit
 from serve_app.schema import Analysis, AnalyzeJSONRequest, ErrorBody
 from serve_app.structuring import StructureContext
 
@@ -196,8 +196,7 @@ async def parse_analyze_input(request: Request, body_limit: int) -> tuple[bytes,
             raise SchemaError(_pydantic_message(exc)) from None
         return decode_base64_image(parsed.image_base64), parsed.text
     raise UnsupportedMediaType(
-        "send multipart/form-data (fields image, text) or application/json "
-        "(image_base64, text)"
+        "send multipart/form-data (fields image, text) or application/json (image_base64, text)"
     )
 
 
@@ -293,8 +292,10 @@ class Ingress:
             meta = dict(result["meta"])
             meta["cache"] = {"hit": True, "match": "exact", "distance": 0}
             meta["timings_ms"] = {
-                "preprocess": round(prepared.preprocess_ms, 2), "engine": 0.0,
-                "structure": 0.0, "total": 0.0,
+                "preprocess": round(prepared.preprocess_ms, 2),
+                "engine": 0.0,
+                "structure": 0.0,
+                "total": 0.0,
             }
             meta["degradation_level"] = prepared.level
             result["meta"] = meta
@@ -355,4 +356,3 @@ class Ingress:
             "cache": await asyncio.wait_for(cache_call, 5.0),
             "replicas": await asyncio.to_thread(_replica_summary),
         }
-

@@ -51,11 +51,13 @@ def _reading_order(fragments: list[tuple[float, float, float, str, float]]) -> l
     lines = []
     for row in rows:
         row.sort(key=lambda f: f[2])
-        lines.append(OcrLine(
-            text=" ".join(f[3] for f in row),
-            score=round(min(f[4] for f in row), 4),
-            top=min(f[0] for f in row),
-        ))
+        lines.append(
+            OcrLine(
+                text=" ".join(f[3] for f in row),
+                score=round(min(f[4] for f in row), 4),
+                top=min(f[0] for f in row),
+            )
+        )
     return lines
 
 
@@ -109,7 +111,11 @@ class OcrReader:
                 continue
             if boxes is not None:
                 box = np.asarray(boxes[i])
-                top, bottom, left = float(box[:, 1].min()), float(box[:, 1].max()), float(box[:, 0].min())
+                top, bottom, left = (
+                    float(box[:, 1].min()),
+                    float(box[:, 1].max()),
+                    float(box[:, 0].min()),
+                )
             else:
                 top, bottom, left = float(i), float(i) + 1.0, 0.0
             fragments.append((top, bottom, left, text, float(score)))

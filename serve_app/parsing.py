@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-_THINK_BLOCK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+# The tempered body stops at the next tag, so unclosed tags cost linear, not quadratic, time.
+_THINK_BLOCK = re.compile(r"<think>(?:(?!</?think>).)*</think>", re.DOTALL | re.IGNORECASE)
 _BOX = re.compile(r"<\|begin_of_box\|>(.*?)(?:<\|end_of_box\|>|$)", re.DOTALL)
 _SPECIAL_TOKEN = re.compile(r"<\|[a-z_]+\|>|\[gMASK\]|<sop>|<eop>", re.IGNORECASE)
 _FENCE = re.compile(r"```[a-zA-Z0-9_-]*\s*\n?(.*?)(?:```|$)", re.DOTALL)
@@ -174,7 +175,9 @@ def _repair(text: str) -> str:
             continue
         if _BARE_KEY_START.match(ch):
             j = i
-            while j < n and (text[j].isalnum() or text[j] in "_-" or "\u4e00" <= text[j] <= "\u9fff"):
+            while j < n and (
+                text[j].isalnum() or text[j] in "_-" or "\u4e00" <= text[j] <= "\u9fff"
+            ):
                 j += 1
             word = text[i:j]
             k = j
@@ -199,10 +202,22 @@ def _repair(text: str) -> str:
 
 
 _LITERALS = {
-    "true": "true", "True": "true", "TRUE": "true", "yes": "true",
-    "false": "false", "False": "false", "FALSE": "false", "no": "false",
-    "null": "null", "None": "null", "NULL": "null", "none": "null",
-    "NaN": "null", "nan": "null", "Infinity": "null", "undefined": "null",
+    "true": "true",
+    "True": "true",
+    "TRUE": "true",
+    "yes": "true",
+    "false": "false",
+    "False": "false",
+    "FALSE": "false",
+    "no": "false",
+    "null": "null",
+    "None": "null",
+    "NULL": "null",
+    "none": "null",
+    "NaN": "null",
+    "nan": "null",
+    "Infinity": "null",
+    "undefined": "null",
 }
 
 
@@ -215,7 +230,9 @@ def _read_string(text: str, start: int) -> tuple[str, int]:
         ch = text[i]
         if ch == "\\" and i + 1 < len(text):
             nxt = text[i + 1]
-            body.append({"n": "\n", "t": "\t", "r": "", '"': '"', "'": "'", "\\": "\\"}.get(nxt, nxt))
+            body.append(
+                {"n": "\n", "t": "\t", "r": "", '"': '"', "'": "'", "\\": "\\"}.get(nxt, nxt)
+            )
             i += 2
             continue
         if ch == closing:

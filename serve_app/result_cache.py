@@ -87,6 +87,10 @@ class ResultCache:
 
     def stats(self) -> CacheStats:
         return CacheStats(
-            entries=len(self._entries), max_entries=self.max_entries, hits=self._hits,
-            misses=self._misses, stores=self._stores, evictions=self._evictions,
+            entries=len(self._entries),
+            max_entries=self.max_entries,
+            hits=self._hits,
+            misses=self._misses,
+            stores=self._stores,
+            evictions=self._evictions,
         )

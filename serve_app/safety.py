@@ -18,7 +18,7 @@ _SPECIAL = re.compile(r"<\|[^|>]*\|>|\[gMASK\]|<sop>|<eop>")
 _URL = re.compile(
     r"(?:(?:https?|ftp|file|javascript|data):[^\s，。！？、）)】]+)"
     r"|(?:www\.[^\s，。！？、）)】]+)"
-    r"|(?:\b[a-z0-9][a-z0-9-]*(?:\.[a-z0-9-]+)*\.(?:com|net|org|cn|io|ru|xyz|top|info|me|cc|tv|app|link)"
+    r"|(?:\b[a-z0-9][a-z0-9-]*(?:\.[a-z0-9-]+)*\.(?:com|net|org|cn|io|ru|xyz|top|info|me|cc|tv|app|link)(?![a-z0-9-])"
     r"(?:/[^\s，。！？、）)】]*)?)",
     re.IGNORECASE,
 )
@@ -28,7 +28,13 @@ _CODE = re.compile(r"```.*?```|`[^`]*`", re.DOTALL)
 # Chinese punctuation (，。：) is left alone.
 _FULLWIDTH_ASCII = {
     code: code - 0xFEE0
-    for code in (*range(0xFF10, 0xFF1A), *range(0xFF21, 0xFF3B), *range(0xFF41, 0xFF5B), 0xFF0E, 0xFF0F)
+    for code in (
+        *range(0xFF10, 0xFF1A),
+        *range(0xFF21, 0xFF3B),
+        *range(0xFF41, 0xFF5B),
+        0xFF0E,
+        0xFF0F,
+    )
 }
 # A "." ends a sentence only before whitespace or the end ("1.2", "a.com" do not split).
 _SENTENCE = re.compile(r"(?:[^。！？!?；;\n.]|\.(?!\s|$))+[。！？!?；;\n.]*")

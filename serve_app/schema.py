@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.labels import Emotion, Intent, RiskLevel, RiskAction
+from serve_app.labels import Emotion, Intent, RiskAction, RiskLevel
 
 
 class _Model(BaseModel):

@@ -28,19 +28,75 @@ _MAX_EVIDENCE_ITEMS = 50
 _MAX_EVIDENCE_CHARS = 200
 
 _KEY_ALIASES: dict[str, tuple[str, ...]] = {
-    "emotion": ("emotion", "emotions", "emotion_label", "sentiment", "mood", "feeling",
-                "情绪", "情感", "情绪标签"),
+    "emotion": (
+        "emotion",
+        "emotions",
+        "emotion_label",
+        "sentiment",
+        "mood",
+        "feeling",
+        "情绪",
+        "情感",
+        "情绪标签",
+    ),
     "intent": ("intent", "intention", "intent_label", "purpose", "意图", "目的", "意图标签"),
-    "sarcastic": ("sarcastic", "sarcasm", "is_sarcastic", "is_sarcasm", "irony", "ironic",
-                  "是否讽刺", "讽刺", "反讽"),
-    "offensiveness": ("offensiveness", "offensive_level", "offensiveness_level", "offense",
-                      "offence", "offensive", "toxicity", "冒犯程度", "冒犯性", "攻击性", "冒犯"),
-    "confidence": ("confidence", "confidence_score", "certainty", "probability", "score",
-                   "置信度", "可信度", "把握"),
-    "explanation": ("explanation", "reason", "reasoning", "rationale", "analysis", "summary",
-                    "解释", "理由", "说明", "分析", "原因"),
-    "ocr_text": ("ocr_text", "ocr", "text_in_image", "image_text", "caption", "图中文字",
-                 "文字", "识别文字"),
+    "sarcastic": (
+        "sarcastic",
+        "sarcasm",
+        "is_sarcastic",
+        "is_sarcasm",
+        "irony",
+        "ironic",
+        "是否讽刺",
+        "讽刺",
+        "反讽",
+    ),
+    "offensiveness": (
+        "offensiveness",
+        "offensive_level",
+        "offensiveness_level",
+        "offense",
+        "offence",
+        "offensive",
+        "toxicity",
+        "冒犯程度",
+        "冒犯性",
+        "攻击性",
+        "冒犯",
+    ),
+    "confidence": (
+        "confidence",
+        "confidence_score",
+        "certainty",
+        "probability",
+        "score",
+        "置信度",
+        "可信度",
+        "把握",
+    ),
+    "explanation": (
+        "explanation",
+        "reason",
+        "reasoning",
+        "rationale",
+        "analysis",
+        "summary",
+        "解释",
+        "理由",
+        "说明",
+        "分析",
+        "原因",
+    ),
+    "ocr_text": (
+        "ocr_text",
+        "ocr",
+        "text_in_image",
+        "image_text",
+        "caption",
+        "图中文字",
+        "文字",
+        "识别文字",
+    ),
     "slang": ("slang", "slang_terms", "memes", "梗", "网络用语", "流行语"),
 }
 _ALIAS_TO_FIELD = {alias: name for name, aliases in _KEY_ALIASES.items() for alias in aliases}
@@ -49,13 +105,40 @@ _WRAPPER_KEYS = ("analysis", "result", "output", "answer", "data", "response", "
 _TRUE = {"true", "yes", "y", "1", "是", "有", "对", "真", "sarcastic", "讽刺", "是的"}
 _FALSE = {"false", "no", "n", "0", "否", "无", "没有", "不是", "假", "none", "null", "不"}
 _LEVEL_WORDS = {
-    "none": 0, "无": 0, "没有": 0, "不冒犯": 0, "no": 0,
-    "low": 1, "mild": 1, "slight": 1, "低": 1, "轻微": 1, "较低": 1,
-    "medium": 2, "moderate": 2, "中": 2, "中等": 2, "一般": 2,
-    "high": 3, "severe": 3, "高": 3, "严重": 3, "很高": 3, "极高": 3,
+    "none": 0,
+    "无": 0,
+    "没有": 0,
+    "不冒犯": 0,
+    "no": 0,
+    "low": 1,
+    "mild": 1,
+    "slight": 1,
+    "低": 1,
+    "轻微": 1,
+    "较低": 1,
+    "medium": 2,
+    "moderate": 2,
+    "中": 2,
+    "中等": 2,
+    "一般": 2,
+    "high": 3,
+    "severe": 3,
+    "高": 3,
+    "严重": 3,
+    "很高": 3,
+    "极高": 3,
 }
-_CONFIDENCE_WORDS = {"low": 0.3, "低": 0.3, "medium": 0.6, "中": 0.6, "中等": 0.6,
-                     "high": 0.85, "高": 0.85, "very high": 0.95, "很高": 0.95}
+_CONFIDENCE_WORDS = {
+    "low": 0.3,
+    "低": 0.3,
+    "medium": 0.6,
+    "中": 0.6,
+    "中等": 0.6,
+    "high": 0.85,
+    "高": 0.85,
+    "very high": 0.95,
+    "很高": 0.95,
+}
 
 
 @dataclass(frozen=True)
@@ -198,7 +281,7 @@ def normalise_fields(raw: dict[str, Any] | None) -> tuple[Fields | None, list[st
         if 0 < offensiveness_raw < 1 and offensiveness_raw != round(offensiveness_raw):
             offensiveness_raw *= 3  # a 0..1 probability, rescaled to the 0..3 scale
             warnings.append("offensiveness_rescaled")
-        offensiveness = int(round(offensiveness_raw))
+        offensiveness = round(offensiveness_raw)
         if not 0 <= offensiveness <= 3:
             warnings.append("offensiveness_clamped")
             offensiveness = max(0, min(3, offensiveness))
@@ -253,14 +336,22 @@ def parse_model_text(text: object) -> tuple[Fields, list[str]]:
     if fields is None:
         warnings.append("unparseable_model_output")
         fields = Fields(
-            emotion="neutral", intent="other", sarcastic=False, offensiveness=0,
-            confidence=0.0, explanation=FALLBACK_EXPLANATION, ocr_text=[], slang=[],
+            emotion="neutral",
+            intent="other",
+            sarcastic=False,
+            offensiveness=0,
+            confidence=0.0,
+            explanation=FALLBACK_EXPLANATION,
+            ocr_text=[],
+            slang=[],
         )
     return fields, warnings
 
 
 def build_analysis(
-    output: EngineOutput, context: StructureContext, config: StructurerUserConfig,
+    output: EngineOutput,
+    context: StructureContext,
+    config: StructurerUserConfig,
     structure_ms: float = 0.0,
 ) -> Analysis:
     """The complete, validated analysis for one engine output."""

@@ -40,6 +40,5 @@ def animated(frames: int, size: tuple[int, int] = (64, 48), fmt: str = "GIF") ->
     """An animation whose frame i is filled with grey level (i * 37) % 256."""
     images = [Image.new("RGB", size, ((i * 37) % 256,) * 3) for i in range(frames)]
     buffer = io.BytesIO()
-    images[0].save(buffer, format=fmt, save_all=True, append_images=images[1:], duration=40,
-                   loop=0)
+    images[0].save(buffer, format=fmt, save_all=True, append_images=images[1:], duration=40, loop=0)
     return buffer.getvalue()

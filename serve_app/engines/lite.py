@@ -26,11 +26,23 @@ from serve_app.ocr import OcrReader
 logger = logging.getLogger(__name__)
 
 # Ties between equally weighted emotions go to the more specific reading.
-_EMOTION_PRIORITY = ("sarcasm", "anger", "disgust", "sorrow", "fear", "love", "excitement",
-                     "surprise", "happiness", "neutral")
+_EMOTION_PRIORITY = (
+    "sarcasm",
+    "anger",
+    "disgust",
+    "sorrow",
+    "fear",
+    "love",
+    "excitement",
+    "surprise",
+    "happiness",
+    "neutral",
+)
 
 
-def judge(ocr_text: Sequence[str], context: str | None, hits: Sequence[LexiconHit]) -> dict[str, Any]:
+def judge(
+    ocr_text: Sequence[str], context: str | None, hits: Sequence[LexiconHit]
+) -> dict[str, Any]:
     """Turn OCR lines, context and lexicon hits into a model-style judgement dict."""
     has_text = bool(ocr_text) or bool(context and context.strip())
     result: dict[str, Any]

@@ -34,8 +34,12 @@ class Service:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
             ["make", "--no-print-directory", "run", f"CONFIG={config}"],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, text=True,
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            text=True,
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -57,7 +61,9 @@ class Service:
             if self.process.poll() is not None:
                 break
             time.sleep(0.2)
-        raise AssertionError(f"no line matching {pattern!r}; output:\n{''.join(self.lines)[-4000:]}")
+        raise AssertionError(
+            f"no line matching {pattern!r}; output:\n{''.join(self.lines)[-4000:]}"
+        )
 
     def interrupt(self) -> int:
         """Ctrl-C as a terminal sends it: SIGINT to the whole foreground group."""
@@ -92,8 +98,12 @@ def test_make_run_serves_then_stops_cleanly_on_ctrl_c(service: Service, profile:
     assert url == f"http://127.0.0.1:{port}"
 
     data = meme_bytes(MemeSpec(template=5, top="你说得对，但是", bottom="急了"), "JPEG", quality=90)
-    response = httpx.post(f"{url}/v1/memes/analyze", files={"image": ("meme.jpg", data)},
-                          data={"text": "你说得对，但是"}, timeout=120)
+    response = httpx.post(
+        f"{url}/v1/memes/analyze",
+        files={"image": ("meme.jpg", data)},
+        data={"text": "你说得对，但是"},
+        timeout=120,
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert "你说得对" in " ".join(body["evidence"]["ocr_text"])

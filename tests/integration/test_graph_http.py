@@ -22,8 +22,13 @@ def app_args() -> dict[str, Any]:
     return {"limits": {"max_bytes": MAX_BYTES}}
 
 
-def analyze(client: httpx.Client, data: bytes, text: str | None = None,
-            name: str = "meme.png", **kwargs: Any) -> httpx.Response:
+def analyze(
+    client: httpx.Client,
+    data: bytes,
+    text: str | None = None,
+    name: str = "meme.png",
+    **kwargs: Any,
+) -> httpx.Response:
     form = {"text": text} if text is not None else None
     return client.post("/v1/memes/analyze", files={"image": (name, data)}, data=form, **kwargs)
 
@@ -40,7 +45,9 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
 
 
 def test_chinese_meme_comes_back_with_its_caption_and_sensible_labels(client: httpx.Client) -> None:
-    data = meme_bytes(MemeSpec(template=11, top="你说得对，但是", bottom="阴阳怪气"), "JPEG", quality=90)
+    data = meme_bytes(
+        MemeSpec(template=11, top="你说得对，但是", bottom="阴阳怪气"), "JPEG", quality=90
+    )
     response = analyze(client, data, name="meme.jpg")
     assert response.status_code == 200, response.text
     analysis = Analysis.model_validate(response.json())
@@ -51,7 +58,11 @@ def test_chinese_meme_comes_back_with_its_caption_and_sensible_labels(client: ht
     assert analysis.sarcastic is True
     assert analysis.confidence > 0.5
     assert analysis.meta.engine == "lite" and analysis.meta.cache.hit is False
-    assert (analysis.meta.image.width, analysis.meta.image.height, analysis.meta.image.frames) == (600, 600, 1)
+    assert (analysis.meta.image.width, analysis.meta.image.height, analysis.meta.image.frames) == (
+        600,
+        600,
+        1,
+    )
     assert analysis.meta.image.analysed_width % 28 == 0
     assert analysis.meta.timings_ms.total >= analysis.meta.timings_ms.engine > 0
 
@@ -72,7 +83,9 @@ def test_json_base64_input_and_data_urls(client: httpx.Client) -> None:
 
 
 def test_animated_gif_reports_frames(client: httpx.Client) -> None:
-    frames = [draw_meme(MemeSpec(template=14 + i, top="前方高能")).resize((200, 200)) for i in range(5)]
+    frames = [
+        draw_meme(MemeSpec(template=14 + i, top="前方高能")).resize((200, 200)) for i in range(5)
+    ]
     data = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=80)
     body = analyze(client, data, name="a.gif").json()
     assert body["meta"]["image"]["frames"] == 5
@@ -109,16 +122,36 @@ def test_body_over_the_limit_is_refused_before_it_is_read(client: httpx.Client) 
     ("kwargs", "status", "code"),
     [
         ({"json": {"image_base64": "###not base64###"}}, 400, "bad_input"),
-        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400, "bad_input"),
+        (
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+            "bad_input",
+        ),
         ({"json": {"text": "no image"}}, 422, "invalid_request"),
         ({"json": {"image_base64": "aGk=", "extra": 1}}, 422, "invalid_request"),
-        ({"data": {"text": "no file"}, "files": {"other": ("x.png", b"x")}}, 422, "invalid_request"),
-        ({"content": b"raw", "headers": {"content-type": "text/plain"}}, 415, "unsupported_media_type"),
-        ({"content": b"--x\r\nbroken", "headers": {"content-type": "multipart/form-data; boundary=x"}},
-         422, None),
+        (
+            {"data": {"text": "no file"}, "files": {"other": ("x.png", b"x")}},
+            422,
+            "invalid_request",
+        ),
+        (
+            {"content": b"raw", "headers": {"content-type": "text/plain"}},
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            {
+                "content": b"--x\r\nbroken",
+                "headers": {"content-type": "multipart/form-data; boundary=x"},
+            },
+            422,
+            None,
+        ),
     ],
 )
-def test_malformed_requests(client: httpx.Client, kwargs: dict[str, Any], status: int, code: str | None) -> None:
+def test_malformed_requests(
+    client: httpx.Client, kwargs: dict[str, Any], status: int, code: str | None
+) -> None:
     response = client.post("/v1/memes/analyze", **kwargs)
     if code is None:  # malformed multipart: refused as a client error, never a 500
         assert 400 <= response.status_code < 500, response.text
@@ -166,18 +199,30 @@ def test_an_exact_repeat_is_a_cache_hit(client: httpx.Client) -> None:
     first = analyze(client, encode(img, "PNG"), text="评论：绝了").json()
     assert first["meta"]["cache"]["hit"] is False
     # Same pixels, different bytes (lossless WebP): still the exact same meme.
-    again = analyze(client, encode(img, "WEBP", lossless=True), text="评论：绝了", name="x.webp").json()
+    again = analyze(
+        client, encode(img, "WEBP", lossless=True), text="评论：绝了", name="x.webp"
+    ).json()
     assert again["meta"]["cache"] == {"hit": True, "match": "exact", "distance": 0}
     assert again["request_id"] != first["request_id"]
     assert again["meta"]["timings_ms"]["engine"] == 0.0
-    for field in ("emotion", "intent", "sarcastic", "offensiveness", "confidence", "explanation", "evidence"):
+    for field in (
+        "emotion",
+        "intent",
+        "sarcastic",
+        "offensiveness",
+        "confidence",
+        "explanation",
+        "evidence",
+    ):
         assert again[field] == first[field]
     other_context = analyze(client, encode(img, "PNG"), text="评论：另一句").json()
     assert other_context["meta"]["cache"]["hit"] is False
 
 
 def test_request_id_is_honoured(client: httpx.Client) -> None:
-    response = analyze(client, meme_bytes(MemeSpec(4, "笑死")), headers={"x-request-id": "web-tier-42"})
+    response = analyze(
+        client, meme_bytes(MemeSpec(4, "笑死")), headers={"x-request-id": "web-tier-42"}
+    )
     assert response.json()["request_id"] == "web-tier-42"
     assert response.headers["x-request-id"] == "web-tier-42"
     error = analyze(client, b"", headers={"x-request-id": "web-tier-43"})
@@ -192,7 +237,13 @@ def test_health_readiness_and_status(client: httpx.Client) -> None:
     assert status["engine"]["kind"] == "lite" and status["engine"]["ready"] is True
     assert status["degradation"]["level"] == 0
     assert status["cache"]["entries"] >= 1 and status["cache"]["hits"] >= 1
-    assert set(status["replicas"]) == {"Ingress", "Preprocessor", "VLMPool", "Structurer", "FingerprintStore"}
+    assert set(status["replicas"]) == {
+        "Ingress",
+        "Preprocessor",
+        "VLMPool",
+        "Structurer",
+        "FingerprintStore",
+    }
     assert all(d["status"] == "HEALTHY" for d in status["replicas"].values())
 
 

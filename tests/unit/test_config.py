@@ -31,7 +31,7 @@ def test_unknown_keys_are_errors_naming_the_field() -> None:
 
 def test_levels_must_cover_zero_to_three() -> None:
     row = AppArgs().level(0).model_dump()
-    with pytest.raises(ValidationError, match="0..3"):
+    with pytest.raises(ValidationError, match=r"0\.\.3"):
         AppArgs.model_validate({"levels": [row]})
 
 
@@ -59,20 +59,36 @@ def _dev_cpu() -> dict:  # type: ignore[type-arg]
 @pytest.mark.parametrize(
     ("mutate", "expected_path"),
     [
-        (lambda d: d["applications"][0]["args"]["engine"].update(kind="gpt"),
-         "applications[0].args.engine.kind"),
-        (lambda d: d["applications"][0]["args"]["limits"].update(max_byts=1),
-         "applications[0].args.limits.max_byts"),
-        (lambda d: d["applications"][0]["deployments"][3]["user_config"]["risk"].update(block=0.1),
-         "applications[0].deployments[3].user_config.risk"),
-        (lambda d: d["applications"][0]["deployments"][0].update(user_config={"a": 1}),
-         "applications[0].deployments[0].user_config"),
-        (lambda d: d["applications"][0]["deployments"][1].update(name="Preprocesor"),
-         "applications[0].deployments[1].name"),
-        (lambda d: d["applications"][0].update(import_path="other.app:build"),
-         "applications[0].import_path"),
-        (lambda d: d["applications"][0]["deployments"][2].update(num_replicas="many"),
-         "applications[0].deployments[2]"),
+        (
+            lambda d: d["applications"][0]["args"]["engine"].update(kind="gpt"),
+            "applications[0].args.engine.kind",
+        ),
+        (
+            lambda d: d["applications"][0]["args"]["limits"].update(max_byts=1),
+            "applications[0].args.limits.max_byts",
+        ),
+        (
+            lambda d: d["applications"][0]["deployments"][3]["user_config"]["risk"].update(
+                block=0.1
+            ),
+            "applications[0].deployments[3].user_config.risk",
+        ),
+        (
+            lambda d: d["applications"][0]["deployments"][0].update(user_config={"a": 1}),
+            "applications[0].deployments[0].user_config",
+        ),
+        (
+            lambda d: d["applications"][0]["deployments"][1].update(name="Preprocesor"),
+            "applications[0].deployments[1].name",
+        ),
+        (
+            lambda d: d["applications"][0].update(import_path="other.app:build"),
+            "applications[0].import_path",
+        ),
+        (
+            lambda d: d["applications"][0]["deployments"][2].update(num_replicas="many"),
+            "applications[0].deployments[2]",
+        ),
     ],
 )
 def test_problems_name_file_and_path(tmp_path: Path, mutate, expected_path: str) -> None:  # type: ignore[no-untyped-def]
@@ -92,7 +108,9 @@ def test_yaml_syntax_errors_give_the_line(tmp_path: Path) -> None:
     assert "line" in problem.path and "invalid YAML" in problem.reason
 
 
-def test_check_config_command_exit_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_command_exit_status(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["check-config", str(ROOT / "autoscale_configs/dev-cpu.yaml")]) == 0
     document = _dev_cpu()
     document["applications"][0]["args"]["cache"]["ttl_s"] = -5

@@ -31,13 +31,18 @@ def _body(response) -> dict:  # type: ignore[no-untyped-def,type-arg]
 @pytest.mark.parametrize(
     ("error", "status", "branch"),
     [
-        (BadInput("x"), 400, ClientError), (PayloadTooLarge("x"), 413, ClientError),
-        (UnsupportedMediaType("x"), 415, ClientError), (SchemaError("x"), 422, ClientError),
-        (EngineError("x"), 502, ServerError), (ServiceUnavailable("x"), 503, ServerError),
+        (BadInput("x"), 400, ClientError),
+        (PayloadTooLarge("x"), 413, ClientError),
+        (UnsupportedMediaType("x"), 415, ClientError),
+        (SchemaError("x"), 422, ClientError),
+        (EngineError("x"), 502, ServerError),
+        (ServiceUnavailable("x"), 503, ServerError),
         (DeadlineExceeded("x"), 504, ServerError),
     ],
 )
-def test_each_error_has_its_status_and_branch(error: MemeServeError, status: int, branch: type) -> None:
+def test_each_error_has_its_status_and_branch(
+    error: MemeServeError, status: int, branch: type
+) -> None:
     assert isinstance(error, branch) and error.status == status
     response = error_response(error, "rid-1")
     assert response.status_code == status
@@ -68,7 +73,9 @@ def test_unexpected_errors_are_a_generic_500_without_details() -> None:
 
 
 def test_ray_capacity_and_lost_replicas_are_503_with_retry_after() -> None:
-    for error in (BackPressureError(num_queued_requests=5, max_queued_requests=5),
-                  ray_exceptions.ActorUnavailableError("gone", b"\x00" * 16)):
+    for error in (
+        BackPressureError(num_queued_requests=5, max_queued_requests=5),
+        ray_exceptions.ActorUnavailableError("gone", b"\x00" * 16),
+    ):
         response = error_response(error, "r")
         assert response.status_code == 503 and "retry-after" in response.headers

@@ -125,8 +125,15 @@ def _corrupt_png() -> bytes:
         b"BM" + b"\xff" * 40,
         b"\xff\xd8\xff\xe0" + b"\x00" * 20,
     ],
-    ids=["truncated-jpeg", "corrupt-png", "png-no-ihdr", "gif-html-polyglot", "webp-junk",
-         "bmp-junk", "jpeg-junk"],
+    ids=[
+        "truncated-jpeg",
+        "corrupt-png",
+        "png-no-ihdr",
+        "gif-html-polyglot",
+        "webp-junk",
+        "bmp-junk",
+        "jpeg-junk",
+    ],
 )
 def test_corrupt_and_truncated_images_are_400(data: bytes) -> None:
     with pytest.raises(BadInput) as info:
@@ -136,8 +143,18 @@ def test_corrupt_and_truncated_images_are_400(data: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("mode", "fmt"),
-    [("1", "PNG"), ("L", "PNG"), ("P", "PNG"), ("LA", "PNG"), ("RGBA", "PNG"),
-     ("CMYK", "JPEG"), ("I;16", "PNG"), ("RGBA", "WEBP"), ("P", "GIF"), ("L", "JPEG")],
+    [
+        ("1", "PNG"),
+        ("L", "PNG"),
+        ("P", "PNG"),
+        ("LA", "PNG"),
+        ("RGBA", "PNG"),
+        ("CMYK", "JPEG"),
+        ("I;16", "PNG"),
+        ("RGBA", "WEBP"),
+        ("P", "GIF"),
+        ("L", "JPEG"),
+    ],
 )
 def test_every_mode_is_normalised_to_rgb(mode: str, fmt: str) -> None:
     img = Image.new("RGB", (32, 24), (10, 120, 240)).convert(mode)
@@ -173,7 +190,11 @@ def test_sixteen_bit_range_is_scaled_not_clipped() -> None:
 @pytest.mark.parametrize("mode", ["I", "F", "YCbCr", "LAB", "HSV"])
 def test_other_modes_convert(mode: str) -> None:
     base = Image.linear_gradient("L").resize((16, 16))
-    img = base.convert(mode) if mode in ("I", "F") else Image.new("RGB", (16, 16), (1, 2, 3)).convert(mode)
+    img = (
+        base.convert(mode)
+        if mode in ("I", "F")
+        else Image.new("RGB", (16, 16), (1, 2, 3)).convert(mode)
+    )
     out = to_rgb(img)
     assert out.mode == "RGB" and out.size == (16, 16)
 

@@ -9,8 +9,25 @@ import pytest
 from serve_app.labels import EMOTIONS, INTENTS
 from serve_app.lexicon import Lexicon, LexiconEntry, fold, tokens
 
-REQUIRED = ("你说得对但是", "狗头", "阴阳怪气", "破防了", "笑死", "前方高能", "社死", "尊嘟假嘟",
-            "泰裤辣", "绝绝子", "蚌埠住了", "芭比q了", "摆烂", "我真的会谢", "典", "急了", "孝子")
+REQUIRED = (
+    "你说得对但是",
+    "狗头",
+    "阴阳怪气",
+    "破防了",
+    "笑死",
+    "前方高能",
+    "社死",
+    "尊嘟假嘟",
+    "泰裤辣",
+    "绝绝子",
+    "蚌埠住了",
+    "芭比q了",
+    "摆烂",
+    "我真的会谢",
+    "典",
+    "急了",
+    "孝子",
+)
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +71,12 @@ def test_hits_are_in_order_of_appearance_across_texts(lexicon: Lexicon) -> None:
 
 def _entry(term: str, **overrides: object) -> LexiconEntry:
     values: dict[str, object] = {
-        "term": term, "gloss": "测试", "emotion": "neutral", "intent": "other",
-        "sarcasm": False, "offensiveness": 0,
+        "term": term,
+        "gloss": "测试",
+        "emotion": "neutral",
+        "intent": "other",
+        "sarcasm": False,
+        "offensiveness": 0,
     }
     values.update(overrides)
     return LexiconEntry.model_validate(values)
@@ -80,9 +101,12 @@ def test_duplicate_forms_are_rejected() -> None:
 
 def test_invalid_lexicon_file_names_the_file(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("version: 1\nentries:\n  - term: x\n    gloss: g\n    emotion: joyish\n"
-                    "    intent: other\n    sarcasm: false\n    offensiveness: 0\n", "utf-8")
-    with pytest.raises(ValueError, match="bad.yaml"):
+    path.write_text(
+        "version: 1\nentries:\n  - term: x\n    gloss: g\n    emotion: joyish\n"
+        "    intent: other\n    sarcasm: false\n    offensiveness: 0\n",
+        "utf-8",
+    )
+    with pytest.raises(ValueError, match=r"bad\.yaml"):
         Lexicon.load(path)
 
 

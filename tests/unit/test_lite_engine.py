@@ -67,9 +67,12 @@ def engine():  # type: ignore[no-untyped-def]
     asyncio.run(engine.shutdown())
 
 
-def _request(image: np.ndarray, context: str | None = None, deadline: float | None = None) -> EngineRequest:
-    return EngineRequest(request_id="t", image=image, context=context, max_output_tokens=256,
-                         deadline=deadline)
+def _request(
+    image: np.ndarray, context: str | None = None, deadline: float | None = None
+) -> EngineRequest:
+    return EngineRequest(
+        request_id="t", image=image, context=context, max_output_tokens=256, deadline=deadline
+    )
 
 
 def test_real_ocr_reads_the_caption_and_finds_the_slang(engine) -> None:  # type: ignore[no-untyped-def]

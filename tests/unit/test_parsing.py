@@ -31,8 +31,12 @@ BODY = (
 SARCASM = ("sarcasm", "complaint", True, 1, 0.8)
 FALLBACK = ("neutral", "other", False, 0, 0.0)
 # What the missing-field warnings look like when only emotion and intent are given.
-ONLY_LABELS = ["sarcastic_inferred", "offensiveness_missing", "confidence_missing",
-               "explanation_missing"]
+ONLY_LABELS = [
+    "sarcastic_inferred",
+    "offensiveness_missing",
+    "confidence_missing",
+    "explanation_missing",
+]
 
 
 @dataclass(frozen=True)
@@ -67,8 +71,9 @@ def _check(case: Case) -> Fields:
 
 WRAPPER_CASES = [
     Case("clean_json", BODY, SARCASM, []),
-    Case("clean_json_pretty", json.dumps(json.loads(BODY), indent=2, ensure_ascii=False),
-         SARCASM, []),
+    Case(
+        "clean_json_pretty", json.dumps(json.loads(BODY), indent=2, ensure_ascii=False), SARCASM, []
+    ),
     Case("prose_before", "Here is my analysis of the meme: " + BODY, SARCASM, []),
     Case("prose_after", BODY + "\nHope this helps! Let me know.", SARCASM, []),
     Case("prose_around_zh", "分析如下：\n" + BODY + "\n以上是我的判断。", SARCASM, []),
@@ -76,41 +81,71 @@ WRAPPER_CASES = [
     Case("fence_plain", "```\n" + BODY + "\n```", SARCASM, []),
     Case("fence_inline", "```json" + BODY + "```", SARCASM, []),
     Case("fence_unclosed", "结果：\n```json\n" + BODY + "\n", SARCASM, []),
-    Case("fence_second_has_json",
-         "先看代码 ```python\nprint('hi')\n``` 然后 ```json\n" + BODY + "\n```", SARCASM, []),
-    Case("think_closed",
-         '<think>用户给了一张图，也许是 {"emotion": "love"} 吧</think>\n' + BODY,
-         SARCASM, ["removed_think_block"]),
-    Case("think_unclosed", "<think>嗯，我认为答案是 " + BODY,
-         SARCASM, ["removed_think_block"]),
-    Case("think_closing_only",
-         'reasoning... maybe {"emotion": "love", "intent": "other"}?</think>' + BODY,
-         SARCASM, ["removed_think_block"]),
+    Case(
+        "fence_second_has_json",
+        "先看代码 ```python\nprint('hi')\n``` 然后 ```json\n" + BODY + "\n```",
+        SARCASM,
+        [],
+    ),
+    Case(
+        "think_closed",
+        '<think>用户给了一张图，也许是 {"emotion": "love"} 吧</think>\n' + BODY,
+        SARCASM,
+        ["removed_think_block"],
+    ),
+    Case("think_unclosed", "<think>嗯，我认为答案是 " + BODY, SARCASM, ["removed_think_block"]),
+    Case(
+        "think_closing_only",
+        'reasoning... maybe {"emotion": "love", "intent": "other"}?</think>' + BODY,
+        SARCASM,
+        ["removed_think_block"],
+    ),
     Case("think_upper_case", "<THINK>x</THINK>" + BODY, SARCASM, ["removed_think_block"]),
-    Case("think_without_answer", '<think>{"emotion": "love", "intent": "other"}</think>',
-         FALLBACK, ["removed_think_block", "empty_model_output", "unparseable_model_output"]),
+    Case(
+        "think_without_answer",
+        '<think>{"emotion": "love", "intent": "other"}</think>',
+        FALLBACK,
+        ["removed_think_block", "empty_model_output", "unparseable_model_output"],
+    ),
     Case("box_closed", "<|begin_of_box|>" + BODY + "<|end_of_box|>", SARCASM, []),
     Case("box_unclosed", "<|begin_of_box|>" + BODY, SARCASM, []),
-    Case("box_preferred_over_later_object",
-         "<|begin_of_box|>" + BODY + '<|end_of_box|> P.S. {"emotion": "anger", '
-         '"intent": "offensive", "explanation": "a much longer object after the box"}',
-         SARCASM, []),
-    Case("think_then_box", "<think>先想一想</think><|begin_of_box|>" + BODY + "<|end_of_box|>",
-         SARCASM, ["removed_think_block"]),
+    Case(
+        "box_preferred_over_later_object",
+        "<|begin_of_box|>" + BODY + '<|end_of_box|> P.S. {"emotion": "anger", '
+        '"intent": "offensive", "explanation": "a much longer object after the box"}',
+        SARCASM,
+        [],
+    ),
+    Case(
+        "think_then_box",
+        "<think>先想一想</think><|begin_of_box|>" + BODY + "<|end_of_box|>",
+        SARCASM,
+        ["removed_think_block"],
+    ),
     Case("special_tokens", "<|assistant|>\n" + BODY + "<|user|><|endoftext|>", SARCASM, []),
     Case("glm_prefix_tokens", "[gMASK]<sop>" + BODY + "<eop>", SARCASM, []),
     Case("top_level_array", "[" + BODY + "]", SARCASM, []),
-    Case("two_objects_larger_wins",
-         'Format example: {"emotion": "love"}. Answer: ' + BODY, SARCASM, []),
+    Case(
+        "two_objects_larger_wins",
+        'Format example: {"emotion": "love"}. Answer: ' + BODY,
+        SARCASM,
+        [],
+    ),
     Case("two_objects_answer_first", BODY + ' (schema: {"emotion": "string"})', SARCASM, []),
-    Case("braces_inside_strings",
-         '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": true, '
-         '"offensiveness": 1, "confidence": 0.8, "explanation": "图中有 } 和 { 符号"}',
-         SARCASM, []),
-    Case("escaped_quotes_inside_string",
-         '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": true, '
-         '"offensiveness": 1, "confidence": 0.8, "explanation": "他说\\"好的\\"，其实在骂"}',
-         SARCASM, []),
+    Case(
+        "braces_inside_strings",
+        '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": true, '
+        '"offensiveness": 1, "confidence": 0.8, "explanation": "图中有 } 和 { 符号"}',
+        SARCASM,
+        [],
+    ),
+    Case(
+        "escaped_quotes_inside_string",
+        '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": true, '
+        '"offensiveness": 1, "confidence": 0.8, "explanation": "他说\\"好的\\"，其实在骂"}',
+        SARCASM,
+        [],
+    ),
 ]
 
 
@@ -126,57 +161,96 @@ def test_wrapped_output(case: Case) -> None:
 
 SYNTAX_CASES = [
     Case("trailing_comma_object", BODY[:-1] + ",}", SARCASM, ["repaired_json"]),
-    Case("trailing_comma_list",
-         '{"emotion": ["sarcasm",], "intent": "complaint", "sarcastic": true, '
-         '"offensiveness": 1, "confidence": 0.8, "explanation": "x",\n}',
-         SARCASM, ["repaired_json"]),
-    Case("single_quotes",
-         "{'emotion': 'sarcasm', 'intent': 'complaint', 'sarcastic': true, "
-         "'offensiveness': 1, 'confidence': 0.8, 'explanation': '阴阳怪气'}",
-         SARCASM, ["repaired_json"]),
-    Case("single_quoted_keys_double_quoted_apostrophe",
-         "{'emotion': 'sarcasm', 'intent': 'complaint', 'sarcastic': true, "
-         "'offensiveness': 1, 'confidence': 0.8, 'explanation': \"it's ironic\"}",
-         SARCASM, ["repaired_json"]),
-    Case("bare_keys",
-         "{emotion: sarcasm, intent: complaint, sarcastic: true, offensiveness: 1, "
-         "confidence: 0.8, explanation: '阴阳怪气'}",
-         SARCASM, ["repaired_json"]),
-    Case("python_literals",
-         "{'emotion': 'sarcasm', 'intent': 'complaint', 'sarcastic': True, "
-         "'offensiveness': 1, 'confidence': 0.8, 'explanation': None}",
-         SARCASM, ["repaired_json", "explanation_missing"]),
-    Case("python_false",
-         '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": False, '
-         '"offensiveness": 1, "confidence": 0.8, "explanation": "x"}',
-         ("sarcasm", "complaint", False, 1, 0.8), ["repaired_json"]),
-    Case("js_line_comment",
-         '{"emotion": "sarcasm", // the label\n "intent": "complaint", "sarcastic": true, '
-         '"offensiveness": 1, "confidence": 0.8, "explanation": "x"}',
-         SARCASM, ["repaired_json"]),
-    Case("fullwidth_punctuation",
-         "{“emotion”：“sarcasm”，“intent”：“complaint”，“sarcastic”：true，"
-         "“offensiveness”：1，“confidence”：0.8，“explanation”：“阴阳怪气”}",
-         SARCASM, ["repaired_json"]),
-    Case("fullwidth_braces",
-         "｛“情绪”：“讽刺”，“意图”：“吐槽”，“是否讽刺”：“是”，“冒犯程度”：1，"
-         "“置信度”：0.8，“解释”：“阴阳怪气”｝",
-         SARCASM, ["repaired_json"]),
-    Case("chinese_bare_keys_and_values",
-         "{情绪：讽刺，意图：吐槽，是否讽刺：是，冒犯程度：1，置信度：0.8，解释：阴阳怪气}",
-         SARCASM, ["repaired_json"]),
-    Case("nan_confidence_is_missing",
-         '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": true, '
-         '"offensiveness": 1, "confidence": NaN, "explanation": "x"}',
-         ("sarcasm", "complaint", True, 1, 0.5), ["confidence_missing"]),
-    Case("infinity_offensiveness_is_missing",
-         '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": true, '
-         '"offensiveness": Infinity, "confidence": 0.8, "explanation": "x"}',
-         ("sarcasm", "complaint", True, 0, 0.8), ["offensiveness_missing"]),
-    Case("negative_infinity_confidence",
-         '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": true, '
-         '"offensiveness": 1, "confidence": -Infinity, "explanation": "x"}',
-         ("sarcasm", "complaint", True, 1, 0.5), ["confidence_missing"]),
+    Case(
+        "trailing_comma_list",
+        '{"emotion": ["sarcasm",], "intent": "complaint", "sarcastic": true, '
+        '"offensiveness": 1, "confidence": 0.8, "explanation": "x",\n}',
+        SARCASM,
+        ["repaired_json"],
+    ),
+    Case(
+        "single_quotes",
+        "{'emotion': 'sarcasm', 'intent': 'complaint', 'sarcastic': true, "
+        "'offensiveness': 1, 'confidence': 0.8, 'explanation': '阴阳怪气'}",
+        SARCASM,
+        ["repaired_json"],
+    ),
+    Case(
+        "single_quoted_keys_double_quoted_apostrophe",
+        "{'emotion': 'sarcasm', 'intent': 'complaint', 'sarcastic': true, "
+        "'offensiveness': 1, 'confidence': 0.8, 'explanation': \"it's ironic\"}",
+        SARCASM,
+        ["repaired_json"],
+    ),
+    Case(
+        "bare_keys",
+        "{emotion: sarcasm, intent: complaint, sarcastic: true, offensiveness: 1, "
+        "confidence: 0.8, explanation: '阴阳怪气'}",
+        SARCASM,
+        ["repaired_json"],
+    ),
+    Case(
+        "python_literals",
+        "{'emotion': 'sarcasm', 'intent': 'complaint', 'sarcastic': True, "
+        "'offensiveness': 1, 'confidence': 0.8, 'explanation': None}",
+        SARCASM,
+        ["repaired_json", "explanation_missing"],
+    ),
+    Case(
+        "python_false",
+        '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": False, '
+        '"offensiveness": 1, "confidence": 0.8, "explanation": "x"}',
+        ("sarcasm", "complaint", False, 1, 0.8),
+        ["repaired_json"],
+    ),
+    Case(
+        "js_line_comment",
+        '{"emotion": "sarcasm", // the label\n "intent": "complaint", "sarcastic": true, '
+        '"offensiveness": 1, "confidence": 0.8, "explanation": "x"}',
+        SARCASM,
+        ["repaired_json"],
+    ),
+    Case(
+        "fullwidth_punctuation",
+        "{“emotion”：“sarcasm”，“intent”：“complaint”，“sarcastic”：true，"
+        "“offensiveness”：1，“confidence”：0.8，“explanation”：“阴阳怪气”}",
+        SARCASM,
+        ["repaired_json"],
+    ),
+    Case(
+        "fullwidth_braces",
+        "｛“情绪”：“讽刺”，“意图”：“吐槽”，“是否讽刺”：“是”，“冒犯程度”：1，"
+        "“置信度”：0.8，“解释”：“阴阳怪气”｝",
+        SARCASM,
+        ["repaired_json"],
+    ),
+    Case(
+        "chinese_bare_keys_and_values",
+        "{情绪：讽刺，意图：吐槽，是否讽刺：是，冒犯程度：1，置信度：0.8，解释：阴阳怪气}",
+        SARCASM,
+        ["repaired_json"],
+    ),
+    Case(
+        "nan_confidence_is_missing",
+        '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": true, '
+        '"offensiveness": 1, "confidence": NaN, "explanation": "x"}',
+        ("sarcasm", "complaint", True, 1, 0.5),
+        ["confidence_missing"],
+    ),
+    Case(
+        "infinity_offensiveness_is_missing",
+        '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": true, '
+        '"offensiveness": Infinity, "confidence": 0.8, "explanation": "x"}',
+        ("sarcasm", "complaint", True, 0, 0.8),
+        ["offensiveness_missing"],
+    ),
+    Case(
+        "negative_infinity_confidence",
+        '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": true, '
+        '"offensiveness": 1, "confidence": -Infinity, "explanation": "x"}',
+        ("sarcasm", "complaint", True, 1, 0.5),
+        ["confidence_missing"],
+    ),
 ]
 
 
@@ -192,24 +266,48 @@ def test_near_json_is_repaired(case: Case) -> None:
 
 TRUNCATED_CASES = [
     Case("cut_mid_string", BODY[: BODY.index("加班")], SARCASM, ["closed_truncated_json"]),
-    Case("cut_after_last_key", BODY[: BODY.index(': "阴阳')],
-         SARCASM, ["closed_truncated_json", "explanation_missing"]),
-    Case("cut_after_comma", BODY[: BODY.index('"explanation"')],
-         SARCASM, ["closed_truncated_json", "explanation_missing"]),
-    Case("cut_after_colon", BODY[: BODY.index("0.8")],
-         ("sarcasm", "complaint", True, 1, 0.5),
-         ["closed_truncated_json", "confidence_missing", "explanation_missing"]),
-    Case("cut_mid_key", '{"emotion": "anger", "intent": "offensive", "expl',
-         ("anger", "offensive", False, 0, 0.5),
-         ["closed_truncated_json", *ONLY_LABELS]),
-    Case("cut_inside_nested_list",
-         '{"emotion": "sarcasm", "intent": "complaint", "ocr_text": ["加班", "福报",',
-         ("sarcasm", "complaint", True, 0, 0.5), ["closed_truncated_json", *ONLY_LABELS]),
-    Case("cut_inside_fence", "```json\n" + BODY[: BODY.index("加班")],
-         SARCASM, ["closed_truncated_json"]),
-    Case("cut_mid_literal", '{"emotion": "anger", "intent": "offensive", "sarcastic": tr',
-         ("anger", "offensive", False, 0, 0.5),
-         ["repaired_json", "closed_truncated_json", *ONLY_LABELS]),
+    Case(
+        "cut_after_last_key",
+        BODY[: BODY.index(': "阴阳')],
+        SARCASM,
+        ["closed_truncated_json", "explanation_missing"],
+    ),
+    Case(
+        "cut_after_comma",
+        BODY[: BODY.index('"explanation"')],
+        SARCASM,
+        ["closed_truncated_json", "explanation_missing"],
+    ),
+    Case(
+        "cut_after_colon",
+        BODY[: BODY.index("0.8")],
+        ("sarcasm", "complaint", True, 1, 0.5),
+        ["closed_truncated_json", "confidence_missing", "explanation_missing"],
+    ),
+    Case(
+        "cut_mid_key",
+        '{"emotion": "anger", "intent": "offensive", "expl',
+        ("anger", "offensive", False, 0, 0.5),
+        ["closed_truncated_json", *ONLY_LABELS],
+    ),
+    Case(
+        "cut_inside_nested_list",
+        '{"emotion": "sarcasm", "intent": "complaint", "ocr_text": ["加班", "福报",',
+        ("sarcasm", "complaint", True, 0, 0.5),
+        ["closed_truncated_json", *ONLY_LABELS],
+    ),
+    Case(
+        "cut_inside_fence",
+        "```json\n" + BODY[: BODY.index("加班")],
+        SARCASM,
+        ["closed_truncated_json"],
+    ),
+    Case(
+        "cut_mid_literal",
+        '{"emotion": "anger", "intent": "offensive", "sarcastic": tr',
+        ("anger", "offensive", False, 0, 0.5),
+        ["repaired_json", "closed_truncated_json", *ONLY_LABELS],
+    ),
 ]
 
 
@@ -231,45 +329,84 @@ def test_truncated_explanation_keeps_its_text() -> None:
 # --------------------------------------------------------------------------------------
 
 KEY_CASES = [
-    Case("chinese_keys",
-         '{"情绪": "讽刺", "意图": "吐槽", "是否讽刺": "是", "冒犯程度": "1", '
-         '"置信度": "0.8", "解释": "阴阳怪气"}', SARCASM, []),
-    Case("chinese_key_synonyms",
-         '{"情感": "嘲讽", "目的": "抱怨", "反讽": true, "攻击性": 1, "可信度": 0.8, '
-         '"理由": "x"}', SARCASM, []),
-    Case("english_key_synonyms",
-         '{"sentiment": "ironic", "purpose": "complain", "is_sarcastic": "yes", '
-         '"toxicity": 1, "certainty": 0.8, "reason": "x"}', SARCASM, []),
-    Case("capitalised_and_hyphenated_keys",
-         '{"Emotion": "Sarcastic", "Intent": "Complaint", "Is-Sarcastic": "Yes", '
-         '"Offensiveness": "1", "Confidence": "0.8", "Explanation": "x"}', SARCASM, []),
-    Case("labels_in_lists",
-         '{"emotion": ["joy", "anger"], "intent": ["fun"], "sarcastic": [false], '
-         '"offensiveness": [0], "confidence": [0.9], "explanation": ["好笑", "玩梗"]}',
-         ("happiness", "entertaining", False, 0, 0.9), []),
-    Case("labels_in_dicts",
-         '{"emotion": {"label": "angry", "score": 0.9}, "intent": {"value": "辱骂"}, '
-         '"sarcastic": {"name": "否"}, "offensiveness": {"label": "高"}, '
-         '"confidence": {"value": 0.9}, "explanation": "x"}',
-         ("anger", "offensive", False, 3, 0.9), []),
-    Case("label_with_annotation", '{"emotion": "sarcasm (讽刺)", "intent": "吐槽/抱怨", '
-         '"sarcastic": true, "offensiveness": 1, "confidence": 0.8, "explanation": "x"}',
-         SARCASM, []),
+    Case(
+        "chinese_keys",
+        '{"情绪": "讽刺", "意图": "吐槽", "是否讽刺": "是", "冒犯程度": "1", '
+        '"置信度": "0.8", "解释": "阴阳怪气"}',
+        SARCASM,
+        [],
+    ),
+    Case(
+        "chinese_key_synonyms",
+        '{"情感": "嘲讽", "目的": "抱怨", "反讽": true, "攻击性": 1, "可信度": 0.8, "理由": "x"}',
+        SARCASM,
+        [],
+    ),
+    Case(
+        "english_key_synonyms",
+        '{"sentiment": "ironic", "purpose": "complain", "is_sarcastic": "yes", '
+        '"toxicity": 1, "certainty": 0.8, "reason": "x"}',
+        SARCASM,
+        [],
+    ),
+    Case(
+        "capitalised_and_hyphenated_keys",
+        '{"Emotion": "Sarcastic", "Intent": "Complaint", "Is-Sarcastic": "Yes", '
+        '"Offensiveness": "1", "Confidence": "0.8", "Explanation": "x"}',
+        SARCASM,
+        [],
+    ),
+    Case(
+        "labels_in_lists",
+        '{"emotion": ["joy", "anger"], "intent": ["fun"], "sarcastic": [false], '
+        '"offensiveness": [0], "confidence": [0.9], "explanation": ["好笑", "玩梗"]}',
+        ("happiness", "entertaining", False, 0, 0.9),
+        [],
+    ),
+    Case(
+        "labels_in_dicts",
+        '{"emotion": {"label": "angry", "score": 0.9}, "intent": {"value": "辱骂"}, '
+        '"sarcastic": {"name": "否"}, "offensiveness": {"label": "高"}, '
+        '"confidence": {"value": 0.9}, "explanation": "x"}',
+        ("anger", "offensive", False, 3, 0.9),
+        [],
+    ),
+    Case(
+        "label_with_annotation",
+        '{"emotion": "sarcasm (讽刺)", "intent": "吐槽/抱怨", '
+        '"sarcastic": true, "offensiveness": 1, "confidence": 0.8, "explanation": "x"}',
+        SARCASM,
+        [],
+    ),
     Case("wrapper_analysis", '{"analysis": ' + BODY + "}", SARCASM, []),
     Case("wrapper_result", '{"result": ' + BODY + "}", SARCASM, []),
     Case("wrapper_chinese", '{"结果": ' + BODY + "}", SARCASM, []),
-    Case("wrapper_three_deep",
-         '{"data": {"result": {"analysis": ' + BODY + "}}}", SARCASM, []),
-    Case("analysis_as_explanation_text",
-         '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": true, '
-         '"offensiveness": 1, "confidence": 0.8, "analysis": "这是分析文字"}',
-         SARCASM, []),
-    Case("extra_unknown_fields_ignored",
-         BODY[:-1] + ', "foo": 1, "bar": [1, 2, {"baz": null}], "模型": "glm"}', SARCASM, []),
-    Case("deeply_nested_extra_value",
-         BODY[:-1] + ', "debug": ' + '{"a": ' * 40 + "1" + "}" * 40 + "}", SARCASM, []),
-    Case("deep_non_wrapper_nesting", '{"a": {"b": {"c": ' + BODY + "}}}",
-         FALLBACK, ["no_known_fields", "unparseable_model_output"]),
+    Case("wrapper_three_deep", '{"data": {"result": {"analysis": ' + BODY + "}}}", SARCASM, []),
+    Case(
+        "analysis_as_explanation_text",
+        '{"emotion": "sarcasm", "intent": "complaint", "sarcastic": true, '
+        '"offensiveness": 1, "confidence": 0.8, "analysis": "这是分析文字"}',
+        SARCASM,
+        [],
+    ),
+    Case(
+        "extra_unknown_fields_ignored",
+        BODY[:-1] + ', "foo": 1, "bar": [1, 2, {"baz": null}], "模型": "glm"}',
+        SARCASM,
+        [],
+    ),
+    Case(
+        "deeply_nested_extra_value",
+        BODY[:-1] + ', "debug": ' + '{"a": ' * 40 + "1" + "}" * 40 + "}",
+        SARCASM,
+        [],
+    ),
+    Case(
+        "deep_non_wrapper_nesting",
+        '{"a": {"b": {"c": ' + BODY + "}}}",
+        FALLBACK,
+        ["no_known_fields", "unparseable_model_output"],
+    ),
 ]
 
 
@@ -293,8 +430,14 @@ def test_explanation_list_is_joined() -> None:
 
 def _labelled(emotion: str, intent: str = "other") -> str:
     return json.dumps(
-        {"emotion": emotion, "intent": intent, "sarcastic": False, "offensiveness": 0,
-         "confidence": 0.9, "explanation": "x"},
+        {
+            "emotion": emotion,
+            "intent": intent,
+            "sarcastic": False,
+            "offensiveness": 0,
+            "confidence": 0.9,
+            "explanation": "x",
+        },
         ensure_ascii=False,
     )
 
@@ -302,11 +445,26 @@ def _labelled(emotion: str, intent: str = "other") -> str:
 @pytest.mark.parametrize(
     ("word", "emotion"),
     [
-        ("讽刺", "sarcasm"), ("阴阳怪气", "sarcasm"), ("嘲讽", "sarcasm"), ("sarcastic", "sarcasm"),
-        ("Irony", "sarcasm"), ("开心", "happiness"), ("joy", "happiness"), ("高兴", "happiness"),
-        ("愤怒", "anger"), ("生气", "anger"), ("angry", "anger"), ("MAD", "anger"),
-        ("难过", "sorrow"), ("害怕", "fear"), ("恶心", "disgust"), ("震惊", "surprise"),
-        ("兴奋", "excitement"), ("可爱", "love"), ("平静", "neutral"), ("ｊｏｙ", "happiness"),
+        ("讽刺", "sarcasm"),
+        ("阴阳怪气", "sarcasm"),
+        ("嘲讽", "sarcasm"),
+        ("sarcastic", "sarcasm"),
+        ("Irony", "sarcasm"),
+        ("开心", "happiness"),
+        ("joy", "happiness"),
+        ("高兴", "happiness"),
+        ("愤怒", "anger"),
+        ("生气", "anger"),
+        ("angry", "anger"),
+        ("MAD", "anger"),
+        ("难过", "sorrow"),
+        ("害怕", "fear"),
+        ("恶心", "disgust"),
+        ("震惊", "surprise"),
+        ("兴奋", "excitement"),
+        ("可爱", "love"),
+        ("平静", "neutral"),
+        ("ｊｏｙ", "happiness"),
         ("  sarcasm  ", "sarcasm"),
     ],
 )
@@ -321,10 +479,18 @@ def test_emotion_synonyms(word: str, emotion: str) -> None:
 @pytest.mark.parametrize(
     ("word", "intent"),
     [
-        ("吐槽", "complaint"), ("抱怨", "complaint"), ("complain", "complaint"),
-        ("攻击", "offensive"), ("辱骂", "offensive"), ("insult", "offensive"),
-        ("玩梗", "entertaining"), ("humor", "entertaining"), ("互动", "interactive"),
-        ("表达", "expressive"), ("其他", "other"), ("Complaint", "complaint"),
+        ("吐槽", "complaint"),
+        ("抱怨", "complaint"),
+        ("complain", "complaint"),
+        ("攻击", "offensive"),
+        ("辱骂", "offensive"),
+        ("insult", "offensive"),
+        ("玩梗", "entertaining"),
+        ("humor", "entertaining"),
+        ("互动", "interactive"),
+        ("表达", "expressive"),
+        ("其他", "other"),
+        ("Complaint", "complaint"),
     ],
 )
 def test_intent_synonyms(word: str, intent: str) -> None:
@@ -346,31 +512,71 @@ def _without(key: str) -> str:
 
 
 MISSING_CASES = [
-    Case("emotion_missing", _without("emotion"), ("neutral", "complaint", True, 1, 0.0),
-         ["emotion_missing"]),
-    Case("intent_missing", _without("intent"), ("sarcasm", "other", True, 1, 0.0),
-         ["intent_missing"]),
-    Case("sarcastic_missing_inferred_true", _without("sarcastic"), SARCASM,
-         ["sarcastic_inferred"]),
-    Case("offensiveness_missing", _without("offensiveness"),
-         ("sarcasm", "complaint", True, 0, 0.8), ["offensiveness_missing"]),
-    Case("confidence_missing", _without("confidence"),
-         ("sarcasm", "complaint", True, 1, 0.5), ["confidence_missing"]),
+    Case(
+        "emotion_missing",
+        _without("emotion"),
+        ("neutral", "complaint", True, 1, 0.0),
+        ["emotion_missing"],
+    ),
+    Case(
+        "intent_missing", _without("intent"), ("sarcasm", "other", True, 1, 0.0), ["intent_missing"]
+    ),
+    Case("sarcastic_missing_inferred_true", _without("sarcastic"), SARCASM, ["sarcastic_inferred"]),
+    Case(
+        "offensiveness_missing",
+        _without("offensiveness"),
+        ("sarcasm", "complaint", True, 0, 0.8),
+        ["offensiveness_missing"],
+    ),
+    Case(
+        "confidence_missing",
+        _without("confidence"),
+        ("sarcasm", "complaint", True, 1, 0.5),
+        ["confidence_missing"],
+    ),
     Case("explanation_missing", _without("explanation"), SARCASM, ["explanation_missing"]),
-    Case("explanation_blank", BODY.replace('"阴阳怪气地吐槽加班"', '"   "'), SARCASM,
-         ["explanation_missing"]),
-    Case("only_emotion", '{"emotion": "anger"}', ("anger", "other", False, 0, 0.0),
-         ["intent_missing", *ONLY_LABELS]),
-    Case("unknown_emotion", BODY.replace('"sarcasm"', '"confused"'),
-         ("neutral", "complaint", True, 1, 0.0), ["emotion_unknown"]),
-    Case("unknown_intent", BODY.replace('"complaint"', '"world domination"'),
-         ("sarcasm", "other", True, 1, 0.0), ["intent_unknown"]),
-    Case("null_emotion", BODY.replace('"sarcasm"', "null"),
-         ("neutral", "complaint", True, 1, 0.0), ["emotion_unknown"]),
-    Case("numeric_emotion", BODY.replace('"sarcasm"', "7"),
-         ("neutral", "complaint", True, 1, 0.0), ["emotion_unknown"]),
-    Case("no_known_fields", '{"foo": 1, "bar": "baz"}', FALLBACK,
-         ["no_known_fields", "unparseable_model_output"]),
+    Case(
+        "explanation_blank",
+        BODY.replace('"阴阳怪气地吐槽加班"', '"   "'),
+        SARCASM,
+        ["explanation_missing"],
+    ),
+    Case(
+        "only_emotion",
+        '{"emotion": "anger"}',
+        ("anger", "other", False, 0, 0.0),
+        ["intent_missing", *ONLY_LABELS],
+    ),
+    Case(
+        "unknown_emotion",
+        BODY.replace('"sarcasm"', '"confused"'),
+        ("neutral", "complaint", True, 1, 0.0),
+        ["emotion_unknown"],
+    ),
+    Case(
+        "unknown_intent",
+        BODY.replace('"complaint"', '"world domination"'),
+        ("sarcasm", "other", True, 1, 0.0),
+        ["intent_unknown"],
+    ),
+    Case(
+        "null_emotion",
+        BODY.replace('"sarcasm"', "null"),
+        ("neutral", "complaint", True, 1, 0.0),
+        ["emotion_unknown"],
+    ),
+    Case(
+        "numeric_emotion",
+        BODY.replace('"sarcasm"', "7"),
+        ("neutral", "complaint", True, 1, 0.0),
+        ["emotion_unknown"],
+    ),
+    Case(
+        "no_known_fields",
+        '{"foo": 1, "bar": "baz"}',
+        FALLBACK,
+        ["no_known_fields", "unparseable_model_output"],
+    ),
     Case("empty_object", "{}", FALLBACK, ["no_json_object", "unparseable_model_output"]),
 ]
 
@@ -397,13 +603,22 @@ def _with(**values: Any) -> str:
 @pytest.mark.parametrize(
     ("value", "expected", "warnings"),
     [
-        (0, 0, []), (3, 3, []), (2.0, 2, []), (2.6, 3, []),
+        (0, 0, []),
+        (3, 3, []),
+        (2.0, 2, []),
+        (2.6, 3, []),
         (7, 3, ["offensiveness_clamped"]),
         (-1, 0, ["offensiveness_clamped"]),
         (0.4, 1, ["offensiveness_rescaled"]),  # 0.4 * 3 = 1.2
         (0.9, 3, ["offensiveness_rescaled"]),  # 0.9 * 3 = 2.7
-        ("2", 2, []), ("2/3", 2, []), ("高", 3, []), ("中等", 2, []), ("low", 1, []),
-        ("none", 0, []), ("严重", 3, []), (True, 1, []),
+        ("2", 2, []),
+        ("2/3", 2, []),
+        ("高", 3, []),
+        ("中等", 2, []),
+        ("low", 1, []),
+        ("none", 0, []),
+        ("严重", 3, []),
+        (True, 1, []),
         ("unknown", 0, ["offensiveness_missing"]),
     ],
 )
@@ -417,7 +632,9 @@ def test_offensiveness_values(value: object, expected: int, warnings: list[str])
 @pytest.mark.parametrize(
     ("value", "expected", "warnings"),
     [
-        (0.8, 0.8, []), (1, 1.0, []), (0, 0.0, []),
+        (0.8, 0.8, []),
+        (1, 1.0, []),
+        (0, 0.0, []),
         (87, 0.87, ["confidence_rescaled"]),  # 1 < v <= 100 is a percentage
         ("87%", 0.87, []),
         ("87 %", 0.87, []),
@@ -425,8 +642,12 @@ def test_offensiveness_values(value: object, expected: int, warnings: list[str])
         (1.7, 0.017, ["confidence_rescaled"]),  # documented: read as 1.7 %
         (150, 1.0, ["confidence_clamped"]),
         (-0.2, 0.0, ["confidence_clamped"]),
-        ("0.65", 0.65, []), ("high", 0.85, []), ("高", 0.85, []), ("very high", 0.95, []),
-        ("low", 0.3, []), ("中等", 0.6, []),
+        ("0.65", 0.65, []),
+        ("high", 0.85, []),
+        ("高", 0.85, []),
+        ("very high", 0.95, []),
+        ("low", 0.3, []),
+        ("中等", 0.6, []),
         ("sure", 0.5, ["confidence_missing"]),
         (None, 0.5, ["confidence_missing"]),
     ],
@@ -441,10 +662,20 @@ def test_confidence_values(value: object, expected: float, warnings: list[str]) 
 @pytest.mark.parametrize(
     ("value", "expected", "inferred"),
     [
-        (True, True, False), (False, False, False), ("是", True, False), ("否", False, False),
-        ("yes", True, False), ("Yes.", True, False), ("false", False, False),
-        ("不是", False, False), ("是的。", True, False), (1, True, False), (0, False, False),
-        ("讽刺", True, False), ("maybe", True, True), (None, True, True),
+        (True, True, False),
+        (False, False, False),
+        ("是", True, False),
+        ("否", False, False),
+        ("yes", True, False),
+        ("Yes.", True, False),
+        ("false", False, False),
+        ("不是", False, False),
+        ("是的。", True, False),
+        (1, True, False),
+        (0, False, False),
+        ("讽刺", True, False),
+        ("maybe", True, True),
+        (None, True, True),
     ],
 )
 def test_sarcastic_values(value: object, expected: bool, inferred: bool) -> None:
@@ -469,37 +700,72 @@ def test_sarcastic_inferred_false_for_other_emotions() -> None:
 
 FALLBACK_CASES = [
     Case("empty_string", "", FALLBACK, ["empty_model_output", "unparseable_model_output"]),
-    Case("whitespace_only", " \n\t  \r\n", FALLBACK,
-         ["empty_model_output", "unparseable_model_output"]),
-    Case("only_special_tokens", "<|assistant|><|endoftext|>", FALLBACK,
-         ["empty_model_output", "unparseable_model_output"]),
+    Case(
+        "whitespace_only",
+        " \n\t  \r\n",
+        FALLBACK,
+        ["empty_model_output", "unparseable_model_output"],
+    ),
+    Case(
+        "only_special_tokens",
+        "<|assistant|><|endoftext|>",
+        FALLBACK,
+        ["empty_model_output", "unparseable_model_output"],
+    ),
     Case("none", None, FALLBACK, ["model_output_not_text", "unparseable_model_output"]),
     Case("int", 42, FALLBACK, ["model_output_not_text", "unparseable_model_output"]),
     Case("bytes", BODY.encode(), FALLBACK, ["model_output_not_text", "unparseable_model_output"]),
-    Case("dict_not_text", json.loads(BODY), FALLBACK,
-         ["model_output_not_text", "unparseable_model_output"]),
-    Case("garbage", "asdkjh qwe 12312 !!! ???", FALLBACK,
-         ["no_json_object", "unparseable_model_output"]),
-    Case("binary_ish", "\x00\x01\x02\xff\xfe\ufffd\ufffd}{\x7f\x1b[31m", FALLBACK,
-         ["no_json_object", "unparseable_model_output"]),
+    Case(
+        "dict_not_text",
+        json.loads(BODY),
+        FALLBACK,
+        ["model_output_not_text", "unparseable_model_output"],
+    ),
+    Case(
+        "garbage",
+        "asdkjh qwe 12312 !!! ???",
+        FALLBACK,
+        ["no_json_object", "unparseable_model_output"],
+    ),
+    Case(
+        "binary_ish",
+        "\x00\x01\x02\xff\xfe\ufffd\ufffd}{\x7f\x1b[31m",
+        FALLBACK,
+        ["no_json_object", "unparseable_model_output"],
+    ),
     Case("unbalanced_closers", "}}}]]]", FALLBACK, ["no_json_object", "unparseable_model_output"]),
     Case("json_scalar", "0.95", FALLBACK, ["no_json_object", "unparseable_model_output"]),
-    Case("json_array_of_scalars", '["sarcasm", "complaint"]', FALLBACK,
-         ["no_json_object", "unparseable_model_output"]),
-    Case("refusal", "抱歉，我无法分析这张图片。", FALLBACK,
-         ["no_json_object", "unparseable_model_output"]),
-    Case("prose_zh_lines",
-         "情绪：讽刺\n意图：吐槽\n是否讽刺：是\n冒犯程度：1\n置信度：0.8\n解释：阴阳怪气",
-         SARCASM, ["parsed_from_prose"]),
-    Case("prose_en_commas",
-         "emotion: sarcasm, intent: complaint, sarcastic: yes, offensiveness: 1, "
-         "confidence: 0.8, explanation: mocking overtime",
-         SARCASM, ["parsed_from_prose"]),
-    Case("prose_mixed_separators",
-         "The meme's emotion = sarcastic; intent = 抱怨\nconfidence = 80%",
-         ("sarcasm", "complaint", True, 0, 0.8),
-         ["parsed_from_prose", "sarcastic_inferred", "offensiveness_missing",
-          "explanation_missing"]),
+    Case(
+        "json_array_of_scalars",
+        '["sarcasm", "complaint"]',
+        FALLBACK,
+        ["no_json_object", "unparseable_model_output"],
+    ),
+    Case(
+        "refusal",
+        "抱歉，我无法分析这张图片。",
+        FALLBACK,
+        ["no_json_object", "unparseable_model_output"],
+    ),
+    Case(
+        "prose_zh_lines",
+        "情绪：讽刺\n意图：吐槽\n是否讽刺：是\n冒犯程度：1\n置信度：0.8\n解释：阴阳怪气",
+        SARCASM,
+        ["parsed_from_prose"],
+    ),
+    Case(
+        "prose_en_commas",
+        "emotion: sarcasm, intent: complaint, sarcastic: yes, offensiveness: 1, "
+        "confidence: 0.8, explanation: mocking overtime",
+        SARCASM,
+        ["parsed_from_prose"],
+    ),
+    Case(
+        "prose_mixed_separators",
+        "The meme's emotion = sarcastic; intent = 抱怨\nconfidence = 80%",
+        ("sarcasm", "complaint", True, 0, 0.8),
+        ["parsed_from_prose", "sarcastic_inferred", "offensiveness_missing", "explanation_missing"],
+    ),
 ]
 
 
@@ -534,8 +800,11 @@ def test_very_long_output_answer_beyond_limit() -> None:
     """An answer past the scan limit is not found; the fallback is returned."""
     fields, warnings = parse_model_text("a" * 250_000 + BODY)
     assert fields.confidence == 0.0
-    assert warnings == ["model_output_truncated_for_parsing", "no_json_object",
-                        "unparseable_model_output"]
+    assert warnings == [
+        "model_output_truncated_for_parsing",
+        "no_json_object",
+        "unparseable_model_output",
+    ]
 
 
 def test_very_long_explanation_is_cut_and_closed() -> None:
@@ -561,8 +830,18 @@ def test_very_long_explanation_is_cut_and_closed() -> None:
         "<think>" * 2_000,  # the think-block regex is quadratic in unclosed tags
         "```" * 60_000,
     ],
-    ids=["open_braces", "nested_keys", "nested_lists", "balanced_lists", "double_quotes",
-         "single_quotes", "many_small_objects", "repeated_prose", "think_tags", "fences"],
+    ids=[
+        "open_braces",
+        "nested_keys",
+        "nested_lists",
+        "balanced_lists",
+        "double_quotes",
+        "single_quotes",
+        "many_small_objects",
+        "repeated_prose",
+        "think_tags",
+        "fences",
+    ],
 )
 def test_pathological_inputs_do_not_crash(text: str) -> None:
     """Deep nesting and repetition are handled without raising."""
@@ -574,8 +853,13 @@ def test_pathological_inputs_do_not_crash(text: str) -> None:
 def test_random_text_never_raises() -> None:
     """Random mixtures of JSON punctuation, CJK and tokens never raise."""
     alphabet = [
-        *'{}[]":,\'“”：，｛｝ \n\\<>|/ttrue情绪讽刺emotion0.8-',
-        "<think>", "</think>", "<|begin_of_box|>", "```json", "NaN", "None",
+        *"{}[]\":,'“”：，｛｝ \n\\<>|/ttrue情绪讽刺emotion0.8-",
+        "<think>",
+        "</think>",
+        "<|begin_of_box|>",
+        "```json",
+        "NaN",
+        "None",
     ]
     rng = random.Random(1234)
     for _ in range(2000):
@@ -602,11 +886,11 @@ def test_random_text_never_raises() -> None:
         ('{"a": {"b": [1, {"c": "d', {"a": {"b": [1, {"c": "d"}]}}, ["closed_truncated_json"]),
         ('{"a": 1, "b"', {"a": 1}, ["closed_truncated_json"]),
         ('{"s": "x"} {"a": 1, "b": 2}', {"a": 1, "b": 2}, []),
-        ("<think>{\"x\": 1}</think>{\"y\": 2}", {"y": 2}, ["removed_think_block"]),
-        ("<|begin_of_box|>{\"y\": 2}<|end_of_box|>", {"y": 2}, []),
-        ("```\n{\"y\": 2}\n```", {"y": 2}, []),
+        ('<think>{"x": 1}</think>{"y": 2}', {"y": 2}, ["removed_think_block"]),
+        ('<|begin_of_box|>{"y": 2}<|end_of_box|>', {"y": 2}, []),
+        ('```\n{"y": 2}\n```', {"y": 2}, []),
         ("｛“键”：“值”｝", {"键": "值"}, ["repaired_json"]),
-        ("[1, 2, {\"k\": [3]}]", {"k": [3]}, []),
+        ('[1, 2, {"k": [3]}]', {"k": [3]}, []),
         ("情绪：讽刺。\n置信度：0.9", {"情绪": "讽刺", "置信度": "0.9"}, ["parsed_from_prose"]),
         ("**emotion**: `sarcasm`", None, ["no_json_object"]),
         ("emotion: **sarcasm**", {"emotion": "sarcasm"}, ["parsed_from_prose"]),
@@ -615,7 +899,7 @@ def test_random_text_never_raises() -> None:
         ("", None, ["empty_model_output"]),
         ("<think>only</think>", None, ["removed_think_block", "empty_model_output"]),
         (None, None, ["model_output_not_text"]),
-        (["{\"a\": 1}"], None, ["model_output_not_text"]),
+        (['{"a": 1}'], None, ["model_output_not_text"]),
     ],
     ids=lambda v: repr(v)[:40] if isinstance(v, str) else None,
 )
@@ -635,8 +919,9 @@ def test_normalise_fields_none_and_empty() -> None:
 
 def test_evidence_lists_are_cleaned() -> None:
     """ocr_text/slang accept strings or lists; blanks and nulls are dropped, items capped."""
-    fields, _ = parse_model_text(_with(ocr_text="第一行\n\n第二行 ", slang=["yyds", None, 3, " ",
-                                                                      "x" * 500]))
+    fields, _ = parse_model_text(
+        _with(ocr_text="第一行\n\n第二行 ", slang=["yyds", None, 3, " ", "x" * 500])
+    )
     assert fields.ocr_text == ["第一行", "第二行"]
     assert fields.slang == ["yyds", "3", "x" * 200]
     fields, _ = parse_model_text(_with(ocr_text=[str(i) for i in range(80)]))

@@ -17,12 +17,24 @@ class Clock:
 def test_key_separates_context_model_and_prompt() -> None:
     base = cache_key("px", "你说得对", "m@1", "v1")
     assert base == cache_key("px", "你说得对", "m@1", "v1")
-    assert len({base, cache_key("px", "另一句", "m@1", "v1"), cache_key("px", "你说得对", "m@2", "v1"),
-                cache_key("px", "你说得对", "m@1", "v2"), cache_key("py", "你说得对", "m@1", "v1")}) == 5
+    assert (
+        len(
+            {
+                base,
+                cache_key("px", "另一句", "m@1", "v1"),
+                cache_key("px", "你说得对", "m@2", "v1"),
+                cache_key("px", "你说得对", "m@1", "v2"),
+                cache_key("py", "你说得对", "m@1", "v1"),
+            }
+        )
+        == 5
+    )
 
 
 def test_context_normalisation_folds_width_and_space() -> None:
-    assert normalise_context("  你说得对，\n\n但是  ＡＢＣ ") == normalise_context("你说得对, 但是 ABC")
+    assert normalise_context("  你说得对，\n\n但是  ＡＢＣ ") == normalise_context(
+        "你说得对, 但是 ABC"
+    )
     assert normalise_context(None) == "" and normalise_context("\x00\x07") == ""
     assert truncate_context("一二三四", 2) == "一二"
 

@@ -19,13 +19,23 @@ from serve_app.structuring import (
     build_analysis,
 )
 
-IMAGE = ImageInfo(width=640, height=480, frames=1, format="PNG", analysed_width=616,
-                  analysed_height=448, visual_tokens=352)
+IMAGE = ImageInfo(
+    width=640,
+    height=480,
+    frames=1,
+    format="PNG",
+    analysed_width=616,
+    analysed_height=448,
+    visual_tokens=352,
+)
 
 
 def _answer(**overrides: Any) -> str:
     data: dict[str, Any] = {
-        "emotion": "sarcasm", "intent": "complaint", "sarcastic": True, "offensiveness": 2,
+        "emotion": "sarcasm",
+        "intent": "complaint",
+        "sarcastic": True,
+        "offensiveness": 2,
         "confidence": 0.9,
         "explanation": "图像使用阴阳怪气类表情包，配合转折句式，具有明显贬义倾向",
     }
@@ -34,18 +44,30 @@ def _answer(**overrides: Any) -> str:
 
 
 def _output(text: str, *, elapsed_ms: float = 12.3456) -> EngineOutput:
-    return EngineOutput(text=text, engine="lite", model="memeserve-lite:lite-1",
-                        elapsed_ms=elapsed_ms, prompt_tokens=10, output_tokens=20)
+    return EngineOutput(
+        text=text,
+        engine="lite",
+        model="memeserve-lite:lite-1",
+        elapsed_ms=elapsed_ms,
+        prompt_tokens=10,
+        output_tokens=20,
+    )
 
 
 def _context(*, level: int = 0, cap: int = 300, preprocess_ms: float = 3.14159) -> StructureContext:
-    return StructureContext(request_id="req-123", degradation_level=level, image=IMAGE,
-                            preprocess_ms=preprocess_ms, explanation_max_chars=cap)
+    return StructureContext(
+        request_id="req-123",
+        degradation_level=level,
+        image=IMAGE,
+        preprocess_ms=preprocess_ms,
+        explanation_max_chars=cap,
+    )
 
 
 def _build(text: str, config: StructurerUserConfig | None = None, **context: Any) -> Analysis:
-    analysis = build_analysis(_output(text), _context(**context),
-                              config or StructurerUserConfig(), structure_ms=0.98765)
+    analysis = build_analysis(
+        _output(text), _context(**context), config or StructurerUserConfig(), structure_ms=0.98765
+    )
     # Whatever happened, the result round-trips through the strict schema.
     Analysis.model_validate(analysis.model_dump())
     Analysis.model_validate_json(analysis.model_dump_json())
@@ -81,8 +103,9 @@ def test_always_a_valid_analysis(text: str) -> None:
     assert 0 <= analysis.offensiveness <= 3 and 0.0 <= analysis.confidence <= 1.0
     assert analysis.explanation
     assert len(analysis.explanation) <= 300
-    assert analysis.risk == assess_risk(analysis.offensiveness, analysis.confidence,
-                                        RiskThresholds())
+    assert analysis.risk == assess_risk(
+        analysis.offensiveness, analysis.confidence, RiskThresholds()
+    )
 
 
 @pytest.mark.parametrize("emotion", EMOTIONS)
@@ -97,8 +120,7 @@ def test_clean_answer_fields_and_meta() -> None:
     """A clean answer is copied through; meta carries the engine, context and timings."""
     analysis = _build(_answer(ocr_text=["加班是福报"], slang=["福报"]), level=1, cap=120)
     assert analysis.request_id == "req-123"
-    assert (analysis.emotion, analysis.intent, analysis.sarcastic) == ("sarcasm", "complaint",
-                                                                        True)
+    assert (analysis.emotion, analysis.intent, analysis.sarcastic) == ("sarcasm", "complaint", True)
     assert analysis.offensiveness == 2 and analysis.confidence == pytest.approx(0.9)
     assert analysis.explanation == "图像使用阴阳怪气类表情包，配合转折句式，具有明显贬义倾向"
     assert analysis.evidence.ocr_text == ["加班是福报"]
@@ -134,8 +156,9 @@ def test_structure_ms_defaults_to_zero() -> None:
         (3, 0.1, "none", "pass"),  # 0.3
     ],
 )
-def test_risk_from_default_thresholds(offensiveness: int, confidence: float, level: str,
-                                      action: str) -> None:
+def test_risk_from_default_thresholds(
+    offensiveness: int, confidence: float, level: str, action: str
+) -> None:
     """Risk comes from offensiveness × confidence with the default thresholds."""
     analysis = _build(_answer(offensiveness=offensiveness, confidence=confidence))
     assert (analysis.risk.level, analysis.risk.action) == (level, action)
@@ -161,11 +184,19 @@ def test_unknown_label_has_zero_confidence_and_passes() -> None:
 
 @pytest.mark.parametrize(
     ("config_cap", "context_cap", "expected"),
-    [(300, 300, 300), (300, 40, 40), (40, 300, 40), (120, 120, 120), (2000, 10, 10),
-     (5, 2000, 5), (1, 300, 1)],
+    [
+        (300, 300, 300),
+        (300, 40, 40),
+        (40, 300, 40),
+        (120, 120, 120),
+        (2000, 10, 10),
+        (5, 2000, 5),
+        (1, 300, 1),
+    ],
 )
-def test_explanation_capped_by_smaller_limit(config_cap: int, context_cap: int,
-                                             expected: int) -> None:
+def test_explanation_capped_by_smaller_limit(
+    config_cap: int, context_cap: int, expected: int
+) -> None:
     """The explanation is cut to min(config cap, level cap) and ends with "…"."""
     config = StructurerUserConfig(explanation_max_chars=config_cap)
     analysis = _build(_answer(explanation="很" * 5000), config, cap=context_cap)
@@ -215,8 +246,10 @@ def test_explanation_filters_reported_as_warnings() -> None:
     analysis = _build(text)
     assert analysis.explanation == "讽刺 x"
     assert analysis.meta.warnings == [
-        "explanation_filtered:code", "explanation_filtered:markup",
-        "explanation_filtered:special_tokens", "explanation_filtered:urls",
+        "explanation_filtered:code",
+        "explanation_filtered:markup",
+        "explanation_filtered:special_tokens",
+        "explanation_filtered:urls",
     ]
 
 
@@ -228,11 +261,25 @@ def test_explanation_filters_reported_as_warnings() -> None:
         (_answer()[:-1] + ",}", ["repaired_json"]),
         (_answer(confidence=90), ["confidence_rescaled"]),
         (_answer(offensiveness=5), ["offensiveness_clamped"]),
-        (_answer()[:50], ["closed_truncated_json", "sarcastic_inferred", "offensiveness_missing",
-                          "confidence_missing", "explanation_missing"]),
-        ('{"emotion": "sarcasm", "intent": "complaint"}',
-         ["sarcastic_inferred", "offensiveness_missing", "confidence_missing",
-          "explanation_missing"]),
+        (
+            _answer()[:50],
+            [
+                "closed_truncated_json",
+                "sarcastic_inferred",
+                "offensiveness_missing",
+                "confidence_missing",
+                "explanation_missing",
+            ],
+        ),
+        (
+            '{"emotion": "sarcasm", "intent": "complaint"}',
+            [
+                "sarcastic_inferred",
+                "offensiveness_missing",
+                "confidence_missing",
+                "explanation_missing",
+            ],
+        ),
     ],
 )
 def test_parse_warnings_in_meta(text: str, expected: list[str]) -> None:
@@ -242,15 +289,23 @@ def test_parse_warnings_in_meta(text: str, expected: list[str]) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "   \n", "not json at all", "\x00\x01\x02", "{}", '{"foo": "bar"}', "[1, 2, 3]",
-     "<think>only thinking</think>", "}}}{{{"],
+    [
+        "",
+        "   \n",
+        "not json at all",
+        "\x00\x01\x02",
+        "{}",
+        '{"foo": "bar"}',
+        "[1, 2, 3]",
+        "<think>only thinking</think>",
+        "}}}{{{",
+    ],
 )
 def test_malformed_gives_zero_confidence_fallback(text: str) -> None:
     """Unusable text: neutral/other, confidence 0, pass, and the unparseable warning."""
     analysis = _build(text)
     assert analysis.confidence == 0.0
-    assert (analysis.emotion, analysis.emotion_zh, analysis.intent) == ("neutral", "中性",
-                                                                         "other")
+    assert (analysis.emotion, analysis.emotion_zh, analysis.intent) == ("neutral", "中性", "other")
     assert analysis.sarcastic is False and analysis.offensiveness == 0
     assert analysis.explanation == FALLBACK_EXPLANATION
     assert analysis.risk.action == "pass"
@@ -263,8 +318,11 @@ def test_fallback_explanation_is_capped() -> None:
     """The fallback explanation obeys the cap as well."""
     analysis = _build("garbage", cap=5)
     assert analysis.explanation == FALLBACK_EXPLANATION[:4] + "…"
-    assert analysis.meta.warnings == ["no_json_object", "unparseable_model_output",
-                                      "explanation_filtered:length"]
+    assert analysis.meta.warnings == [
+        "no_json_object",
+        "unparseable_model_output",
+        "explanation_filtered:length",
+    ]
 
 
 def test_evidence_is_bounded() -> None:
