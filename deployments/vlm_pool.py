@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
@@ -27,13 +28,33 @@ class VLMPool:
         configure_logging()
         self._args = EngineArgs.model_validate(engine_args)
         self._engine = create_engine(self._args)
+        batcher: Any = self._generate_batch  # Serve's batch wrapper carries these setters
+        batcher.set_max_batch_size(self._args.transformers.max_batch_size)
+        batcher.set_batch_wait_timeout_s(self._args.transformers.batch_wait_timeout_s)
         await self._engine.start()
         logger.info("engine %s started: %s", self._engine.name, self._engine.model)
 
     async def generate(self, request: EngineRequest) -> EngineOutput:
-        """Model text for one prepared meme."""
+        """Model text for one prepared meme (batched with others where the engine can)."""
         set_request_id(request.request_id)
-        return await self._engine.generate(request)
+        if not self._engine.supports_batching:
+            return await self._engine.generate(request)
+        result = await self._generate_batch(request)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
+    async def _generate_batch(
+        self, requests: list[EngineRequest]
+    ) -> list[EngineOutput | BaseException]:
+        return await self._engine.generate_batch(requests)
+
+    async def stream(self, request: EngineRequest) -> AsyncIterator[str]:
+        """Text deltas as the engine produces them (call with ``handle.options(stream=True)``)."""
+        set_request_id(request.request_id)
+        async for delta in self._engine.stream(request):
+            yield delta
 
     def info(self) -> dict[str, Any]:
         """Engine kind, model and load figures, for /readyz and /v1/status."""

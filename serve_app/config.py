@@ -8,9 +8,11 @@ knob. :mod:`serve_app.config_check` loads whole Serve config files against these
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from serve_app.prompts import PROMPT_VERSION
 
 
 class StrictModel(BaseModel):
@@ -33,11 +35,47 @@ class OcrArgs(StrictModel):
     )
 
 
+class TransformersArgs(StrictModel):
+    """The ``transformers`` engine: any Glm4v checkpoint directory, GPU or CPU."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when available, else CPU."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="auto: bfloat16 on GPUs that support it, float16 on others (T4), "
+        "float32 on CPU.",
+    )
+    max_batch_size: int = Field(
+        4, ge=1, le=64, description="Requests generated together (Serve @serve.batch)."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.02, ge=0, le=5, description="How long a batch waits to fill before it runs."
+    )
+
+
+class VllmArgs(StrictModel):
+    """The ``vllm`` engine (production, GPU)."""
+
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed verbatim to vllm.AsyncEngineArgs (model, quantization, dtype, "
+        "max_model_len, gpu_memory_utilization, max_num_seqs, limit_mm_per_prompt, "
+        "enable_prefix_caching, mm_processor_kwargs …); a contract test builds "
+        "AsyncEngineArgs from every shipped profile.",
+    )
+    structured_output: bool = Field(
+        True, description="Constrain decoding to the analysis JSON schema."
+    )
+
+
 class EngineArgs(StrictModel):
     """Which engine each VLM pool replica runs, and the model behind it."""
 
-    kind: Literal["lite"] = Field(
-        "lite", description="Engine class; lite = CPU, OCR + slang lexicon, no weights."
+    kind: Literal["lite", "transformers", "vllm"] = Field(
+        "lite",
+        description="lite = CPU, OCR + slang lexicon, no weights; transformers = any Glm4v "
+        "checkpoint via Hugging Face transformers (GPU or CPU); vllm = production GPU engine.",
     )
     model_id: str = Field(
         "memeserve-lite",
@@ -56,6 +94,22 @@ class EngineArgs(StrictModel):
         None, description="Slang lexicon YAML; defaults to the one shipped in the package."
     )
     ocr: OcrArgs = Field(default_factory=OcrArgs, description="OCR settings (lite engine).")
+    transformers: TransformersArgs = Field(
+        default_factory=TransformersArgs, description="Settings of the transformers engine."
+    )
+    vllm: VllmArgs = Field(default_factory=VllmArgs, description="Settings of the vllm engine.")
+
+    @model_validator(mode="after")
+    def _model_location(self) -> EngineArgs:
+        if self.kind == "transformers" and self.model_path is None:
+            raise ValueError(
+                "engine.kind 'transformers' needs engine.model_path (a local directory)"
+            )
+        if self.kind == "vllm" and not (self.model_path or self.vllm.engine_kwargs.get("model")):
+            raise ValueError(
+                "engine.kind 'vllm' needs engine.model_path or vllm.engine_kwargs.model"
+            )
+        return self
 
 
 class LimitsArgs(StrictModel):
@@ -164,7 +218,7 @@ class AppArgs(StrictModel):
         60.0, description="Deadline for one analysis end to end (else 504)."
     )
     prompt_version: str = Field(
-        "v1", min_length=1, description="Prompt version; part of the cache key."
+        PROMPT_VERSION, min_length=1, description="Prompt version; part of the cache key."
     )
 
     @model_validator(mode="after")

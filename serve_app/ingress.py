@@ -280,7 +280,18 @@ class Ingress:
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within {timeout:g} s") from None
         result["request_id"] = request_id
-        result["meta"]["timings_ms"]["total"] = round((time.perf_counter() - started) * 1000, 2)
+        meta = result["meta"]
+        meta["timings_ms"]["total"] = round((time.perf_counter() - started) * 1000, 2)
+        logger.info(
+            "analysed: %s/%s offensiveness=%d risk=%s cache=%s level=%d total=%.1fms",
+            result["emotion"],
+            result["intent"],
+            result["offensiveness"],
+            result["risk"]["level"],
+            meta["cache"]["match"] or "miss",
+            meta["degradation_level"],
+            meta["timings_ms"]["total"],
+        )
         return JSONResponse(result)
 
     async def _run_graph(

@@ -82,6 +82,8 @@ def prepare(
         image=np.asarray(resized),
         context=truncate_context(context, row.max_context_chars) or None,
         max_output_tokens=row.max_output_tokens,
+        max_visual_tokens=row.max_visual_tokens,
+        explanation_max_chars=row.explanation_max_chars,
         level=level,
         deadline=deadline,
     )

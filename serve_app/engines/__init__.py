@@ -18,4 +18,12 @@ def create_engine(args: EngineArgs) -> Engine:
         from serve_app.engines.lite import LiteEngine
 
         return LiteEngine(args)
+    if args.kind == "transformers":
+        from serve_app.engines.transformers_engine import TransformersEngine
+
+        return TransformersEngine(args)
+    if args.kind == "vllm":
+        from serve_app.engines.vllm_engine import VllmEngine
+
+        return VllmEngine(args)
     raise ValueError(f"unknown engine kind {args.kind!r}")

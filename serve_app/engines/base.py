@@ -28,6 +28,7 @@ Errors
 from __future__ import annotations
 
 import abc
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -48,6 +49,10 @@ class EngineRequest:
     context: str | None
     """Request context text, already truncated to the level's budget."""
     max_output_tokens: int
+    max_visual_tokens: int = 1024
+    """The level's image budget; GLM engines pass it on to their processor."""
+    explanation_max_chars: int = 300
+    """The level's explanation cap; constrained decoding bounds the field with it."""
     level: int = 0
     deadline: float | None = None
     """Absolute ``time.time()`` after which the answer is useless."""
@@ -83,6 +88,8 @@ class Engine(abc.ABC):
     """Abstract model engine; see the module docstring for the contract."""
 
     name: ClassVar[str]
+    supports_batching: ClassVar[bool] = False
+    """True when :meth:`generate_batch` runs several requests in one model call."""
 
     @abc.abstractmethod
     async def start(self) -> None:
@@ -91,6 +98,18 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     async def generate(self, request: EngineRequest) -> EngineOutput:
         """Return the complete model text for ``request``."""
+
+    async def generate_batch(
+        self, requests: list[EngineRequest]
+    ) -> list[EngineOutput | BaseException]:
+        """One result per request, in order; a failed item is its exception, not a raise.
+
+        The default runs :meth:`generate` concurrently; batching engines override it.
+        """
+        results = await asyncio.gather(
+            *(self.generate(request) for request in requests), return_exceptions=True
+        )
+        return list(results)
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[str]:
         """Yield text deltas; default: the whole ``generate`` text as one delta."""
