@@ -47,6 +47,11 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout_s: floa
     return False
 
 
+def _default_sigint() -> None:
+    """In the child: Ctrl-C handling as Python's default, even if we inherited SIG_IGN."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _stop(process: subprocess.Popen[bytes]) -> int:
     """Ask ``serve run`` to shut the app down (SIGINT), escalating if it hangs."""
     if process.poll() is not None:
@@ -84,11 +89,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     # Own process group: Ctrl-C reaches us once and we forward exactly one SIGINT,
     # so `serve run` is not interrupted again while it is shutting the app down.
-    process = subprocess.Popen(command, env=env, start_new_session=True)
+    process = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_default_sigint)
 
     def forward(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    # Explicitly, not inherited: a shell starts background jobs with SIGINT ignored.
+    signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     try:
         base = f"http://{probe}:{port}"
@@ -153,6 +160,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0 if response.is_success else 1
 
 
+def cmd_tiny_glm4v(args: argparse.Namespace) -> int:
+    """Write the tiny random GLM-4.xV checkpoint (offline) for tests and the CPU profile."""
+    from serve_app.tiny_glm4v import build_tiny_glm4v, parameter_count
+
+    out = build_tiny_glm4v(args.out_dir, seed=args.seed)
+    print(f"tiny Glm4vForConditionalGeneration: {parameter_count(out):,} parameters in {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memeserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
     analyze.add_argument("--timeout", type=float, default=120.0)
     analyze.set_defaults(func=cmd_analyze)
+
+    tiny = sub.add_parser(
+        "tiny-glm4v",
+        help="write a tiny randomly initialised GLM-4.xV checkpoint (offline, for tests)",
+    )
+    tiny.add_argument("out_dir", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_tiny_glm4v)
     return parser
 
 
