@@ -8,7 +8,7 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.config import EngineArgs
+from serve_app.config import AppArgs
 from serve_app.engines import EngineOutput, EngineRequest, create_engine
 from serve_app.request_context import configure_logging, set_request_id
 
@@ -24,10 +24,11 @@ class VLMPool:
     """Serve wrapper: the engine is built cheaply, then started before traffic arrives."""
 
     # Serve awaits an async constructor before the replica takes traffic.
-    async def __init__(self, engine_args: dict[str, Any]) -> None:  # type: ignore[misc]
+    async def __init__(self, app_args: dict[str, Any]) -> None:  # type: ignore[misc]
         configure_logging()
-        self._args = EngineArgs.model_validate(engine_args)
-        self._engine = create_engine(self._args)
+        args = AppArgs.model_validate(app_args)
+        self._args = args.engine
+        self._engine = create_engine(self._args, args.max_visual_tokens)
         batcher: Any = self._generate_batch  # Serve's batch wrapper carries these setters
         batcher.set_max_batch_size(self._args.transformers.max_batch_size)
         batcher.set_batch_wait_timeout_s(self._args.transformers.batch_wait_timeout_s)

@@ -28,7 +28,7 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
     plain = parsed.model_dump(mode="json")
     store = _deployment(FingerprintStore).bind(plain["cache"])
     preprocessor = _deployment(Preprocessor).bind(plain, store)
-    vlm_pool = _deployment(VLMPool).bind(plain["engine"])
+    vlm_pool = _deployment(VLMPool).bind(plain)
     structurer = _deployment(Structurer).bind(store)
     return _deployment(Ingress).bind(plain, preprocessor, vlm_pool, structurer, store)
 

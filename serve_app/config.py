@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app.prompts import PROMPT_VERSION
 
@@ -88,7 +88,9 @@ class EngineArgs(StrictModel):
         description="Model version; part of the cache key, so changing it invalidates results.",
     )
     model_path: Path | None = Field(
-        None, description="Local checkpoint directory (GLM engines). Never fetched from a hub."
+        None,
+        description="Local checkpoint directory (GLM engines). Never fetched from a hub. "
+        "A relative path is taken from the directory the application is started in.",
     )
     lexicon_path: Path | None = Field(
         None, description="Slang lexicon YAML; defaults to the one shipped in the package."
@@ -98,6 +100,12 @@ class EngineArgs(StrictModel):
         default_factory=TransformersArgs, description="Settings of the transformers engine."
     )
     vllm: VllmArgs = Field(default_factory=VllmArgs, description="Settings of the vllm engine.")
+
+    @field_validator("model_path")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Replicas do not share the starting directory: pin the path where it was read.
+        return None if value is None else value.expanduser().absolute()
 
     @model_validator(mode="after")
     def _model_location(self) -> EngineArgs:
@@ -227,6 +235,11 @@ class AppArgs(StrictModel):
         if found != [0, 1, 2, 3]:
             raise ValueError(f"levels must have exactly one row for each of 0..3, got {found}")
         return self
+
+    @property
+    def max_visual_tokens(self) -> int:
+        """The largest image budget of any level (engines size their image cap with it)."""
+        return max(row.max_visual_tokens for row in self.levels)
 
     def level(self, number: int) -> LevelArgs:
         """The table row for degradation level ``number``."""

@@ -12,8 +12,12 @@ from serve_app.engines.base import Engine, EngineOutput, EngineRequest, EngineSt
 __all__ = ["Engine", "EngineOutput", "EngineRequest", "EngineStats", "create_engine"]
 
 
-def create_engine(args: EngineArgs) -> Engine:
-    """Construct (cheaply, without starting) the engine that ``args.kind`` names."""
+def create_engine(args: EngineArgs, max_visual_tokens: int = 1024) -> Engine:
+    """Construct (cheaply, without starting) the engine that ``args.kind`` names.
+
+    ``max_visual_tokens`` is the largest image budget of any level; engines that
+    reserve memory up front (vLLM) size their image cap with it.
+    """
     if args.kind == "lite":
         from serve_app.engines.lite import LiteEngine
 
@@ -25,5 +29,5 @@ def create_engine(args: EngineArgs) -> Engine:
     if args.kind == "vllm":
         from serve_app.engines.vllm_engine import VllmEngine
 
-        return VllmEngine(args)
+        return VllmEngine(args, max_visual_tokens)
     raise ValueError(f"unknown engine kind {args.kind!r}")

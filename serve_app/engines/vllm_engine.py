@@ -1,0 +1,269 @@
+"""The ``vllm`` engine: GLM-4.6V-Flash on a GPU through vLLM's ``AsyncLLM`` (paged KV cache).
+
+vLLM is imported inside this engine only (the module imports without it), so
+``import serve_app`` and the other engines work on machines that lack it.
+
+What the engine passes to vLLM is built by two pure functions,
+:func:`build_engine_kwargs` and :func:`sampling_kwargs`, so that a contract test can
+construct ``AsyncEngineArgs`` and ``SamplingParams`` from every shipped profile and
+level without a GPU: a misspelt or removed vLLM argument fails the build, not a
+production rollout.
+
+Per request: the prompt is rendered with the model's own chat template (thinking
+off), the image travels as ``multi_modal_data``, the level's image budget as
+``mm_processor_kwargs`` (the same cap is set at engine level, so vLLM's memory
+profiling sees the largest image it will get), the output is constrained to the
+analysis JSON schema, and the request id is vLLM's, so a client that leaves or a
+deadline that passes aborts exactly that request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any, Final
+
+from PIL import Image
+
+from serve_app.config import EngineArgs
+from serve_app.engines.base import Engine, EngineOutput, EngineRequest, EngineStats
+from serve_app.errors import DeadlineExceeded, EngineError, MemeServeError, ServiceUnavailable
+from serve_app.prompts import analysis_json_schema, build_messages, processor_size
+
+logger = logging.getLogger(__name__)
+
+# Defaults we rely on; a profile may override any of them explicitly.
+_ENGINE_DEFAULTS: Final[dict[str, Any]] = {
+    # The system prompt is shared by every request: its KV blocks are computed once.
+    "enable_prefix_caching": True,
+    # One meme image per prompt, never video: bounds the encoder's profiling budget.
+    "limit_mm_per_prompt": {"image": 1, "video": 0},
+    # Stats must stay on: the load controller's queue and KV-cache figures come
+    # from the StatLogger that vLLM feeds with them.
+    "disable_log_stats": False,
+}
+
+
+def build_engine_kwargs(args: EngineArgs, max_visual_tokens: int) -> dict[str, Any]:
+    """``AsyncEngineArgs`` keyword arguments for ``args`` (pure; no vLLM import).
+
+    ``model`` defaults to ``engine.model_path``; ``served_model_name`` to the model id;
+    the processor's image cap to ``max_visual_tokens`` (the largest level budget).
+    """
+    kwargs: dict[str, Any] = {**_ENGINE_DEFAULTS, **args.vllm.engine_kwargs}
+    if "model" not in kwargs:
+        if args.model_path is None:
+            raise ValueError("the vllm engine needs engine.model_path or vllm.engine_kwargs.model")
+        kwargs["model"] = str(args.model_path)
+    kwargs.setdefault("served_model_name", args.model_id)
+    processor_kwargs = dict(kwargs.get("mm_processor_kwargs") or {})
+    processor_kwargs.setdefault("size", processor_size(max_visual_tokens))
+    kwargs["mm_processor_kwargs"] = processor_kwargs
+    return kwargs
+
+
+def sampling_kwargs(
+    *,
+    max_output_tokens: int,
+    explanation_max_chars: int,
+    structured_output: bool,
+) -> dict[str, Any]:
+    """``SamplingParams`` keyword arguments for one level (pure; no vLLM import).
+
+    ``structured_outputs`` holds the JSON schema as a plain dict; :func:`sampling_params`
+    wraps it in vLLM's ``StructuredOutputsParams``.
+    """
+    kwargs: dict[str, Any] = {
+        # Greedy: a moderation judgement should not change between two identical calls.
+        "temperature": 0.0,
+        "max_tokens": max_output_tokens,
+        "skip_special_tokens": True,
+    }
+    if structured_output:
+        kwargs["structured_outputs"] = {"json": analysis_json_schema(explanation_max_chars)}
+    return kwargs
+
+
+def sampling_params(request: EngineRequest, *, structured_output: bool, stream: bool) -> Any:
+    """vLLM ``SamplingParams`` for ``request`` (imports vLLM)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    kwargs = sampling_kwargs(
+        max_output_tokens=request.max_output_tokens,
+        explanation_max_chars=request.explanation_max_chars,
+        structured_output=structured_output,
+    )
+    if "structured_outputs" in kwargs:
+        kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
+    kind = RequestOutputKind.DELTA if stream else RequestOutputKind.FINAL_ONLY
+    return SamplingParams(output_kind=kind, **kwargs)
+
+
+class _SchedulerFigures:
+    """Latest scheduler figures, written by the StatLogger vLLM calls each step."""
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting = 0
+        self.kv_cache_usage = 0.0
+
+
+def _stat_logger_factory(figures: _SchedulerFigures) -> Any:
+    """A vLLM ``StatLoggerBase`` subclass that copies scheduler stats into ``figures``."""
+    from vllm.v1.metrics.loggers import StatLoggerBase
+
+    class FiguresLogger(StatLoggerBase):
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            self._engine_index = engine_index
+
+        def record(
+            self,
+            scheduler_stats: Any,
+            iteration_stats: Any,
+            mm_cache_stats: Any = None,
+            engine_idx: int = 0,
+        ) -> None:
+            if scheduler_stats is not None:
+                figures.running = scheduler_stats.num_running_reqs
+                figures.waiting = scheduler_stats.num_waiting_reqs
+                figures.kv_cache_usage = scheduler_stats.kv_cache_usage
+
+        def log_engine_initialized(self) -> None:
+            logger.info("vllm engine %d initialised", self._engine_index)
+
+    return FiguresLogger
+
+
+class VllmEngine(Engine):
+    """vLLM ``AsyncLLM`` engine; see the module docstring."""
+
+    name = "vllm"
+
+    def __init__(self, args: EngineArgs, max_visual_tokens: int = 1024) -> None:
+        self._args = args
+        self._max_visual_tokens = max_visual_tokens
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self._figures = _SchedulerFigures()
+        self._in_flight = 0
+
+    @property
+    def model(self) -> str:
+        return f"{self._args.model_id}@{self._args.model_version}"
+
+    async def start(self) -> None:
+        if self._llm is not None:
+            return
+        try:
+            from transformers import AutoTokenizer
+            from vllm.engine.arg_utils import AsyncEngineArgs
+            from vllm.v1.engine.async_llm import AsyncLLM
+        except ImportError as exc:
+            raise ServiceUnavailable(
+                f"engine.kind 'vllm' needs vllm installed (pip install 'memeserve[gpu]'): {exc}"
+            ) from exc
+        kwargs = build_engine_kwargs(self._args, self._max_visual_tokens)
+        try:
+            self._tokenizer = await asyncio.to_thread(
+                AutoTokenizer.from_pretrained, kwargs.get("tokenizer") or kwargs["model"]
+            )
+            self._llm = AsyncLLM.from_engine_args(
+                AsyncEngineArgs(**kwargs),
+                stat_loggers=[_stat_logger_factory(self._figures)],
+            )
+        except Exception as exc:
+            logger.exception("vllm engine failed to start")
+            raise EngineError(f"vllm engine failed to start: {type(exc).__name__}: {exc}") from exc
+        logger.info("vllm engine ready: %s", self.model)
+
+    def check_health(self) -> None:
+        if self._llm is None:
+            raise ServiceUnavailable("vllm engine is not started", retry_after_s=5.0)
+        if self._llm.errored:
+            raise ServiceUnavailable("vllm engine is dead")
+
+    async def shutdown(self) -> None:
+        if self._llm is not None:
+            self._llm.shutdown()
+            self._llm = None
+
+    def stats(self) -> EngineStats:
+        return EngineStats(
+            in_flight=self._in_flight,
+            waiting=self._figures.waiting,
+            kv_cache_usage=self._figures.kv_cache_usage,
+        )
+
+    def _prompt(self, request: EngineRequest) -> dict[str, Any]:
+        text = self._tokenizer.apply_chat_template(
+            build_messages(request.context),
+            add_generation_prompt=True,
+            tokenize=False,
+            enable_thinking=False,
+        )
+        return {
+            "prompt": text,
+            "multi_modal_data": {"image": Image.fromarray(request.image)},
+            "mm_processor_kwargs": {"size": processor_size(request.max_visual_tokens)},
+        }
+
+    async def _outputs(self, request: EngineRequest, stream: bool) -> AsyncIterator[Any]:
+        """vLLM's outputs for ``request``; aborted on cancellation or deadline."""
+        self.check_health()
+        request.check_deadline()
+        params = sampling_params(
+            request, structured_output=self._args.vllm.structured_output, stream=stream
+        )
+        timeout = None if request.deadline is None else max(0.0, request.deadline - time.time())
+        finished = False
+        self._in_flight += 1
+        try:
+            async with asyncio.timeout(timeout):
+                async for output in self._llm.generate(
+                    self._prompt(request), params, request.request_id
+                ):
+                    yield output
+            finished = True
+        except TimeoutError:
+            raise DeadlineExceeded("the request deadline passed during generation") from None
+        except (MemeServeError, asyncio.CancelledError, GeneratorExit):
+            raise
+        except Exception as exc:
+            logger.exception("vllm generate failed for %s", request.request_id)
+            raise EngineError(f"vllm engine failed: {type(exc).__name__}") from exc
+        finally:
+            self._in_flight -= 1
+            if not finished:
+                await self._abort(request.request_id)
+
+    async def _abort(self, request_id: str) -> None:
+        try:
+            await asyncio.shield(self._llm.abort(request_id))
+        except Exception:
+            logger.warning("could not abort vllm request %s", request_id, exc_info=True)
+
+    async def generate(self, request: EngineRequest) -> EngineOutput:
+        started = time.perf_counter()
+        final: Any = None
+        async for output in self._outputs(request, stream=False):
+            final = output
+        if final is None or not final.outputs:
+            raise EngineError("vllm returned no output")
+        completion = final.outputs[0]
+        return EngineOutput(
+            text=completion.text,
+            engine=self.name,
+            model=self.model,
+            elapsed_ms=(time.perf_counter() - started) * 1000.0,
+            prompt_tokens=len(final.prompt_token_ids or ()),
+            output_tokens=len(completion.token_ids),
+        )
+
+    async def stream(self, request: EngineRequest) -> AsyncIterator[str]:
+        async for output in self._outputs(request, stream=True):
+            for completion in output.outputs:
+                if completion.text:
+                    yield completion.text
