@@ -12,17 +12,33 @@ CONFIG ?= autoscale_configs/dev-cpu.yaml
 # resolving `torch` to the registry's CUDA build (several GB of nvidia packages).
 TORCH_PIN := torch==2.13.0
 CJK_FONT  := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+# vLLM's Python API, for the contract test only (vLLM itself needs CUDA): the wheel
+# without its dependencies, plus the small modules its argument classes import, in
+# a separate environment layered on .venv so that .venv itself never has vllm.
+VLLM_VENV  := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_PIN   := vllm==0.33.0
+VLLM_API_DEPS := cbor2==6.3.0 psutil==7.2.2 pyzmq==27.3.0 msgspec==0.22.0 cloudpickle==3.1.3 \
+                 pybase64==1.5.1 cachetools==8.0.2 py-cpuinfo==9.0.0 openai==3.57.0 \
+                 openai-harmony==0.0.8 jiter==0.19.0 sniffio==1.3.1 distro==1.9.0
+# The tiny random GLM-4.xV checkpoint of autoscale_configs/cpu-tiny-glm4v.yaml.
+TINY_GLM4V := .gl/tiny-glm4v
 PYTEST_ARGS ?=
+# Under make, a missing vLLM contract environment is a failure, not a skip.
+export MEMESERVE_REQUIRE_VLLM_CONTRACT := 1
+BENCH_ENGINE_ARGS ?=
 
 .PHONY: help install run test test-unit test-integration test-e2e check lint typecheck \
-        check-config bench system-deps clean
+        check-config bench bench-engine system-deps clean vllm-contract-env tiny-glm4v
 
 help:
 	@echo "make run      start the service on $(CONFIG) (CONFIG=... for another profile)"
 	@echo "make test     install what is needed and run the whole test suite"
 	@echo "make check    lint (ruff) and type check (mypy)"
+	@echo "make tiny-glm4v  write the tiny random GLM-4.xV checkpoint to $(TINY_GLM4V)"
 	@echo "make check-config  validate every shipped profile"
 	@echo "make bench    latency of the running graph (starts the CPU profile itself)"
+	@echo "make bench-engine  GLM-4.6V-Flash-sized random model via the transformers engine (CUDA GPU; BENCH_ENGINE_ARGS=...)"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +49,20 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+$(VLLM_STAMP): $(STAMP)
+	test -x $(VLLM_VENV)/bin/python || $(PYTHON) -m venv $(VLLM_VENV)
+	echo "import site; site.addsitedir('$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')')" \
+	  > "$$($(VLLM_VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/memeserve-base.pth"
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps "$(VLLM_PIN)" $(VLLM_API_DEPS)
+	touch $(VLLM_STAMP)
+
+vllm-contract-env: $(VLLM_STAMP)
+
+$(TINY_GLM4V)/config.json: $(STAMP) serve_app/tiny_glm4v.py
+	$(BIN)/memeserve tiny-glm4v $(TINY_GLM4V)
+
+tiny-glm4v: $(TINY_GLM4V)/config.json
+
 # Debian's CJK font, used by the tests and benchmarks to draw Chinese memes.
 system-deps:
 	@if [ ! -f "$(CJK_FONT)" ]; then \
@@ -41,18 +71,19 @@ system-deps:
 	fi
 
 run: install
+	@if grep -q '$(TINY_GLM4V)' '$(CONFIG)'; then $(MAKE) --no-print-directory tiny-glm4v; fi
 	$(BIN)/memeserve run --config $(CONFIG)
 
-test: install system-deps
+test: install system-deps $(VLLM_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-unit: install system-deps
+test-unit: install system-deps $(VLLM_STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: install system-deps
+test-integration: install system-deps $(VLLM_STAMP)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
-test-e2e: install system-deps
+test-e2e: install system-deps $(VLLM_STAMP)
 	$(PY) -m pytest tests/e2e $(PYTEST_ARGS)
 
 lint: install
@@ -70,5 +101,8 @@ check-config: install
 bench: install system-deps
 	$(PY) -m loadtest.bench_latency --config $(CONFIG)
 
+bench-engine: install
+	$(PY) -m loadtest.bench_engine $(BENCH_ENGINE_ARGS)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .gl .pytest_cache .mypy_cache .ruff_cache build *.egg-info

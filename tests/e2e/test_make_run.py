@@ -71,14 +71,29 @@ class Service:
         return self.process.wait(timeout=120)
 
 
-@pytest.fixture(scope="module")
-def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The shipped CPU profile on a free port (so a running `make run` is not disturbed)."""
-    document = yaml.safe_load((ROOT / "autoscale_configs/dev-cpu.yaml").read_text("utf-8"))
+def shipped_profile_on_free_port(name: str, directory: Path) -> Path:
+    """A copy of a shipped profile on a free port (so a running `make run` is not disturbed)."""
+    document = yaml.safe_load((ROOT / "autoscale_configs" / name).read_text("utf-8"))
     document["http_options"]["port"] = _free_port()
-    path = tmp_path_factory.mktemp("profile") / "dev-cpu-e2e.yaml"
+    path = directory / name
     path.write_text(yaml.safe_dump(document, allow_unicode=True), "utf-8")
     return path
+
+
+def stop_and_check(service: Service, url: str) -> None:
+    code = service.interrupt()
+    output = "".join(service.lines)
+    # make itself dies of the SIGINT it was sent once its recipe has finished.
+    assert code in (0, -signal.SIGINT, 130), output[-4000:]
+    assert "memeserve: stopped" in output
+    assert "Traceback" not in output.split("memeserve: stopping")[-1]
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{url}/healthz", timeout=2)
+
+
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return shipped_profile_on_free_port("dev-cpu.yaml", tmp_path_factory.mktemp("profile"))
 
 
 @pytest.fixture(scope="module")
@@ -108,12 +123,26 @@ def test_make_run_serves_then_stops_cleanly_on_ctrl_c(service: Service, profile:
     body = response.json()
     assert "你说得对" in " ".join(body["evidence"]["ocr_text"])
     assert "你说得对但是" in body["evidence"]["slang"]
+    stop_and_check(service, url)
 
-    code = service.interrupt()
-    output = "".join(service.lines)
-    # make itself dies of the SIGINT it was sent once its recipe has finished.
-    assert code in (0, -signal.SIGINT, 130), output[-4000:]
-    assert "memeserve: stopped" in output
-    assert "Traceback" not in output.split("memeserve: stopping")[-1]
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"{url}/healthz", timeout=2)
+
+def test_make_run_on_the_tiny_glm4v_profile_builds_its_checkpoint_and_serves(
+    tmp_path: Path,
+) -> None:
+    """`make run CONFIG=autoscale_configs/cpu-tiny-glm4v.yaml`: the transformers engine."""
+    service = Service(shipped_profile_on_free_port("cpu-tiny-glm4v.yaml", tmp_path))
+    try:
+        match = service.wait_for_line(r"memeserve: ready in [0-9.]+ s at (http://\S+)", 300)
+        url = match.group(1)
+        assert (ROOT / ".gl" / "tiny-glm4v" / "config.json").is_file()
+        data = meme_bytes(MemeSpec(template=8, top="蚌埠住了"), "PNG")
+        response = httpx.post(
+            f"{url}/v1/memes/analyze", files={"image": ("meme.png", data)}, timeout=120
+        )
+        assert response.status_code == 200, response.text
+        meta = response.json()["meta"]
+        assert (meta["engine"], meta["model"]) == ("transformers", "tiny-glm4v-random@tiny-1")
+        stop_and_check(service, url)
+    finally:
+        if service.process.poll() is None:
+            os.killpg(service.process.pid, signal.SIGKILL)
