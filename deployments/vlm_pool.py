@@ -68,6 +68,7 @@ class VLMPool:
             "in_flight": stats.in_flight,
             "waiting": stats.waiting,
             "kv_cache_usage": stats.kv_cache_usage,
+            "aborted": stats.aborted,
         }
 
     def check_health(self) -> None:

@@ -146,6 +146,13 @@ class LimitsArgs(StrictModel):
         le=16,
         description="Frames sampled evenly from an animation and tiled into one image.",
     )
+    max_batch_items: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Most items in one POST /v1/memes/analyze/batch (else 422); the body "
+        "limit of a batch is this many times the single-request limit.",
+    )
 
 
 class LevelArgs(StrictModel):

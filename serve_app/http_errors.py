@@ -58,8 +58,13 @@ def _from_ray(exc: BaseException) -> MemeServeError | None:
     return None
 
 
-def error_response(exc: BaseException, request_id: str | None = None) -> JSONResponse:
-    """Convert any exception into the JSON error response."""
+def error_parts(
+    exc: BaseException, request_id: str | None = None
+) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, body, headers) for any exception: the one conversion every route uses.
+
+    Plain responses, batch items and stream ``error`` events all carry this body.
+    """
     request_id = request_id or current_request_id()
     exc = unwrap(exc)
     exc = _from_ray(exc) or exc
@@ -81,6 +86,12 @@ def error_response(exc: BaseException, request_id: str | None = None) -> JSONRes
         logger.error("unexpected error", exc_info=(type(exc), exc, exc.__traceback__))
         status, code, message = 500, "internal_error", "internal error; see the service logs"
     body = {"error": {"code": code, "message": message, "request_id": request_id}}
+    return status, body, headers
+
+
+def error_response(exc: BaseException, request_id: str | None = None) -> JSONResponse:
+    """Convert any exception into the JSON error response."""
+    status, body, headers = error_parts(exc, request_id)
     return JSONResponse(body, status_code=status, headers=headers)
 
 

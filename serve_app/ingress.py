@@ -8,13 +8,16 @@ stored answer), the VLM pool for model text, and the Structurer for the analysis
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
+from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -23,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app import __version__
 from serve_app.config import AppArgs
+from serve_app.engines.base import EngineOutput
 from serve_app.errors import (
     BadInput,
     DeadlineExceeded,
@@ -31,14 +35,22 @@ from serve_app.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from serve_app.http_errors import error_response, install_error_handlers
-from serve_app.preprocessing import CacheHit
+from serve_app.http_errors import error_parts, error_response, install_error_handlers
+from serve_app.preprocessing import CacheHit, Prepared
 from serve_app.request_context import (
     choose_request_id,
     configure_logging,
     set_request_id,
 )
-from serve_app.schema import Analysis, AnalyzeJSONRequest, ErrorBody
+from serve_app.schema import (
+    Analysis,
+    AnalyzeJSONRequest,
+    BatchItem,
+    BatchRequest,
+    BatchResponse,
+    ErrorBody,
+)
+from serve_app.streaming import ExplanationTap, sse
 from serve_app.structuring import StructureContext
 
 logger = logging.getLogger(__name__)
@@ -200,12 +212,67 @@ async def parse_analyze_input(request: Request, body_limit: int) -> tuple[bytes,
     )
 
 
+async def parse_batch_input(request: Request, body_limit: int) -> BatchRequest:
+    """The batch body, read within ``body_limit`` bytes and validated (415/400/413/422)."""
+    content_type = request.headers.get("content-type", "").lower()
+    if not (content_type.startswith("application/json") or content_type.endswith("+json")):
+        raise UnsupportedMediaType('send application/json: {"items": [{"id", "image_base64"}]}')
+    body = await read_body_limited(request, body_limit)
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise BadInput("request body is not valid JSON") from None
+    try:
+        return BatchRequest.model_validate(payload)
+    except ValidationError as exc:
+        raise SchemaError(_pydantic_message(exc)) from None
+
+
 def _pydantic_message(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
         location = ".".join(str(p) for p in error["loc"]) or "body"
         parts.append(f"{location}: {error['msg']}")
     return "; ".join(parts)
+
+
+def _from_cache(hit: CacheHit) -> dict[str, Any]:
+    """A stored analysis as this request's answer: cache meta, fresh timings."""
+    result = dict(hit.analysis)
+    meta = dict(result["meta"])
+    meta["cache"] = {"hit": True, "match": "exact", "distance": 0}
+    meta["timings_ms"] = {
+        "preprocess": round(hit.preprocess_ms, 2),
+        "engine": 0.0,
+        "structure": 0.0,
+        "total": 0.0,
+    }
+    meta["degradation_level"] = hit.level
+    result["meta"] = meta
+    return result
+
+
+def _finish(result: dict[str, Any], request_id: str, started: float) -> dict[str, Any]:
+    """Stamp the request id and total time on an analysis, and log it."""
+    result["request_id"] = request_id
+    meta = result["meta"]
+    meta["timings_ms"]["total"] = round((time.perf_counter() - started) * 1000, 2)
+    logger.info(
+        "analysed: %s/%s offensiveness=%d risk=%s cache=%s level=%d total=%.1fms",
+        result["emotion"],
+        result["intent"],
+        result["offensiveness"],
+        result["risk"]["level"],
+        meta["cache"]["match"] or "miss",
+        meta["degradation_level"],
+        meta["timings_ms"]["total"],
+    )
+    return result
+
+
+@functools.cache
+def _page_html() -> str:
+    return (resources.files("serve_app") / "static" / "index.html").read_text("utf-8")
 
 
 def _replica_summary() -> dict[str, Any]:
@@ -272,57 +339,179 @@ class Ingress:
         started = time.perf_counter()
         request_id = request.state.request_id
         data, text = await parse_analyze_input(request, self._body_limit)
+        result = await self._analyze_once(data, text, request_id)
+        return JSONResponse(_finish(result, request_id, started))
+
+    async def _analyze_once(self, data: bytes, text: str | None, request_id: str) -> dict[str, Any]:
+        """The graph for one meme within the request deadline (504 after it)."""
         timeout = self._args.request_timeout_s
         try:
-            result = await asyncio.wait_for(
+            return await asyncio.wait_for(
                 self._run_graph(data, text, request_id, time.time() + timeout), timeout
             )
         except TimeoutError:
             raise DeadlineExceeded(f"no answer within {timeout:g} s") from None
-        result["request_id"] = request_id
-        meta = result["meta"]
-        meta["timings_ms"]["total"] = round((time.perf_counter() - started) * 1000, 2)
-        logger.info(
-            "analysed: %s/%s offensiveness=%d risk=%s cache=%s level=%d total=%.1fms",
-            result["emotion"],
-            result["intent"],
-            result["offensiveness"],
-            result["risk"]["level"],
-            meta["cache"]["match"] or "miss",
-            meta["degradation_level"],
-            meta["timings_ms"]["total"],
+
+    @app.post(
+        "/v1/memes/analyze/batch",
+        response_model=BatchResponse,
+        responses=_ERROR_RESPONSES,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": BatchRequest.model_json_schema()}},
+            }
+        },
+        summary="Analyse several memes; each item succeeds or fails on its own",
+    )
+    async def analyze_batch(self, request: Request) -> JSONResponse:
+        """Items run concurrently through the graph; results keep ids and order."""
+        request_id = request.state.request_id
+        limit = self._args.limits.max_batch_items
+        batch = await parse_batch_input(request, self._body_limit * limit)
+        if len(batch.items) > limit:
+            raise SchemaError(f"a batch holds at most {limit} items, got {len(batch.items)}")
+        ids = [item.id for item in batch.items]
+        if len(set(ids)) != len(ids):
+            raise SchemaError("item ids must be unique within a batch")
+        results = await asyncio.gather(
+            *(
+                self._batch_item(item, f"{request_id}:{index}")
+                for index, item in enumerate(batch.items)
+            )
         )
-        return JSONResponse(result)
+        failed = sum(1 for item in results if item["status"] != 200)
+        return JSONResponse(
+            {
+                "request_id": request_id,
+                "succeeded": len(results) - failed,
+                "failed": failed,
+                "items": results,
+            }
+        )
+
+    async def _batch_item(self, item: BatchItem, item_request_id: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            if item.text is not None and len(item.text) > self._args.limits.max_text_chars:
+                raise SchemaError(
+                    f"text is {len(item.text)} characters; "
+                    f"the limit is {self._args.limits.max_text_chars}"
+                )
+            data = decode_base64_image(item.image_base64)
+            result = await self._analyze_once(data, item.text, item_request_id)
+        except Exception as exc:
+            status, body, _ = error_parts(exc, item_request_id)
+            return {"id": item.id, "status": status, "error": body["error"]}
+        return {"id": item.id, "status": 200, "result": _finish(result, item_request_id, started)}
+
+    @app.post(
+        "/v1/memes/analyze/stream",
+        responses={
+            200: {
+                "description": "Server-sent events: accepted, cache, delta*, then result or "
+                "error (data: JSON; an error event carries status and the error body).",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            **_ERROR_RESPONSES,
+        },
+        openapi_extra=_ANALYZE_BODY,
+        summary="Analyse one meme, streaming the explanation as the model writes it",
+    )
+    async def analyze_stream(self, request: Request) -> StreamingResponse:
+        """Same input as analyze. Errors before acceptance are plain JSON errors."""
+        started = time.perf_counter()
+        request_id = request.state.request_id
+        data, text = await parse_analyze_input(request, self._body_limit)
+        return StreamingResponse(
+            self._events(data, text, request_id, started),
+            media_type="text/event-stream",
+            headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
+        )
+
+    async def _events(
+        self, data: bytes, text: str | None, request_id: str, started: float
+    ) -> AsyncIterator[bytes]:
+        yield sse("accepted", {"request_id": request_id})
+        timeout = self._args.request_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                async for event in self._stream_graph(data, text, request_id, started, timeout):
+                    yield event
+        except TimeoutError:
+            error = DeadlineExceeded(f"no answer within {timeout:g} s")
+            status, body, _ = error_parts(error, request_id)
+            yield sse("error", {"status": status, **body})
+        except Exception as exc:
+            status, body, _ = error_parts(exc, request_id)
+            yield sse("error", {"status": status, **body})
+
+    async def _stream_graph(
+        self, data: bytes, text: str | None, request_id: str, started: float, timeout: float
+    ) -> AsyncIterator[bytes]:
+        deadline = time.time() + timeout
+        prepared = await self._preprocessor.prepare.remote(data, text, request_id, deadline)
+        if isinstance(prepared, CacheHit):
+            result = _from_cache(prepared)
+            yield sse("cache", result["meta"]["cache"])
+            yield sse("result", _finish(result, request_id, started))
+            return
+        yield sse("cache", {"hit": False, "match": None, "distance": None})
+        tap = ExplanationTap(prepared.explanation_max_chars)
+        pieces: list[str] = []
+        engine_started = time.perf_counter()
+        deltas: Any = self._vlm.options(stream=True).stream.remote(prepared.request)
+        try:
+            async for piece in deltas:
+                pieces.append(piece)
+                for out in tap.feed(piece):
+                    yield sse("delta", {"text": out})
+        finally:
+            # The client left or the deadline passed: stop the engine's work too.
+            deltas.cancel()
+        for out in tap.flush():
+            yield sse("delta", {"text": out})
+        output = EngineOutput(
+            text="".join(pieces),
+            engine=self._args.engine.kind,
+            model=f"{self._args.engine.model_id}@{self._args.engine.model_version}",
+            elapsed_ms=(time.perf_counter() - engine_started) * 1000.0,
+        )
+        result = await self._structurer.structure.remote(
+            output, self._structure_context(prepared, request_id), self._cache_key(prepared)
+        )
+        yield sse("result", _finish(result, request_id, started))
 
     async def _run_graph(
         self, data: bytes, text: str | None, request_id: str, deadline: float
     ) -> dict[str, Any]:
         prepared = await self._preprocessor.prepare.remote(data, text, request_id, deadline)
         if isinstance(prepared, CacheHit):
-            result = dict(prepared.analysis)
-            meta = dict(result["meta"])
-            meta["cache"] = {"hit": True, "match": "exact", "distance": 0}
-            meta["timings_ms"] = {
-                "preprocess": round(prepared.preprocess_ms, 2),
-                "engine": 0.0,
-                "structure": 0.0,
-                "total": 0.0,
-            }
-            meta["degradation_level"] = prepared.level
-            result["meta"] = meta
-            return result
-        context = StructureContext(
+            return _from_cache(prepared)
+        # The DeploymentResponse goes straight to the Structurer as a top-level argument.
+        output = self._vlm.generate.remote(prepared.request)
+        analysis: dict[str, Any] = await self._structurer.structure.remote(
+            output, self._structure_context(prepared, request_id), self._cache_key(prepared)
+        )
+        return analysis
+
+    def _cache_key(self, prepared: Prepared) -> str | None:
+        return prepared.key if self._args.cache.enabled else None
+
+    @staticmethod
+    def _structure_context(prepared: Prepared, request_id: str) -> StructureContext:
+        return StructureContext(
             request_id=request_id,
             degradation_level=prepared.request.level,
             image=prepared.image,
             preprocess_ms=prepared.preprocess_ms,
             explanation_max_chars=prepared.explanation_max_chars,
         )
-        # The DeploymentResponse goes straight to the Structurer as a top-level argument.
-        output = self._vlm.generate.remote(prepared.request)
-        key = prepared.key if self._args.cache.enabled else None
-        analysis: dict[str, Any] = await self._structurer.structure.remote(output, context, key)
-        return analysis
+
+    @app.get("/", summary="The web page", response_class=HTMLResponse)
+    async def page(self) -> HTMLResponse:
+        """Upload a meme, add context, read the result (self-contained: no CDN)."""
+        return HTMLResponse(_page_html(), headers={"cache-control": "no-cache"})
 
     @app.get("/healthz", summary="Liveness")
     async def healthz(self) -> dict[str, str]:

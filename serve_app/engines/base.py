@@ -82,6 +82,8 @@ class EngineStats:
     in_flight: int
     waiting: int | None = None
     kv_cache_usage: float | None = None
+    aborted: int = 0
+    """Requests whose work was stopped early because their caller left or timed out."""
 
 
 class Engine(abc.ABC):

@@ -214,6 +214,7 @@ class TransformersEngine(Engine):
         self._in_flight = 0
         self._waiting = 0
         self._counts = threading.Lock()
+        self._aborted = 0
         self._failed: str | None = None
 
     @property
@@ -266,7 +267,7 @@ class TransformersEngine(Engine):
         self._processor = None
 
     def stats(self) -> EngineStats:
-        return EngineStats(in_flight=self._in_flight, waiting=self._waiting)
+        return EngineStats(in_flight=self._in_flight, waiting=self._waiting, aborted=self._aborted)
 
     async def generate(self, request: EngineRequest) -> EngineOutput:
         result = (await self.generate_batch([request]))[0]
@@ -322,6 +323,7 @@ class TransformersEngine(Engine):
         except asyncio.CancelledError:
             for job in jobs:
                 job.cancelled.set()
+            self._aborted += count
             raise
         finally:
             with self._counts:
@@ -440,6 +442,7 @@ class TransformersEngine(Engine):
                 emit(None)
 
         task = asyncio.ensure_future(self._submit([job], work))
+        finished = False
         try:
             while True:
                 item = await queue.get()
@@ -449,8 +452,13 @@ class TransformersEngine(Engine):
                     raise item
                 yield item
             await task
+            finished = True
             request.check_deadline()
         finally:
-            job.cancelled.set()
-            if not task.done():
-                task.cancel()
+            if not finished:
+                # The consumer left mid-stream: stop generating at the next token.
+                job.cancelled.set()
+                if task.done():
+                    self._aborted += 1
+                else:
+                    task.cancel()

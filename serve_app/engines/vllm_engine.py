@@ -149,6 +149,7 @@ class VllmEngine(Engine):
         self._tokenizer: Any = None
         self._figures = _SchedulerFigures()
         self._in_flight = 0
+        self._aborted = 0
 
     @property
     def model(self) -> str:
@@ -195,6 +196,7 @@ class VllmEngine(Engine):
             in_flight=self._in_flight,
             waiting=self._figures.waiting,
             kv_cache_usage=self._figures.kv_cache_usage,
+            aborted=self._aborted,
         )
 
     def _prompt(self, request: EngineRequest) -> dict[str, Any]:
@@ -240,6 +242,7 @@ class VllmEngine(Engine):
                 await self._abort(request.request_id)
 
     async def _abort(self, request_id: str) -> None:
+        self._aborted += 1
         try:
             await asyncio.shield(self._llm.abort(request_id))
         except Exception:

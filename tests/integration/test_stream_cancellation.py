@@ -1,0 +1,74 @@
+"""A client that leaves a stream stops the engine's work (transformers engine, tiny GLM).
+
+The random model never stops by itself, so without cancellation each request would
+generate its full, very large output budget.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from loadtest.corpus import MemeSpec, meme_bytes
+
+BUDGET = 6000
+
+
+@pytest.fixture(scope="module")
+def app_args(tiny_glm4v_dir: Path) -> dict[str, Any]:
+    return {
+        "engine": {
+            "kind": "transformers",
+            "model_path": str(tiny_glm4v_dir),
+            "transformers": {"device": "cpu"},
+        },
+        "levels": [
+            {
+                "level": level,
+                "name": str(level),
+                "max_visual_tokens": 64,
+                "max_context_chars": 100,
+                "max_output_tokens": BUDGET,
+                "explanation_max_chars": 100,
+            }
+            for level in range(4)
+        ],
+        "request_timeout_s": 300,
+    }
+
+
+def engine_figures(client: httpx.Client) -> dict[str, Any]:
+    engine: dict[str, Any] = client.get("/v1/status").json()["engine"]
+    return engine
+
+
+def test_leaving_the_stream_aborts_generation(client: httpx.Client, base_url: str) -> None:
+    assert engine_figures(client)["aborted"] == 0
+    data = meme_bytes(MemeSpec(template=9, top="急了急了"))
+    with (
+        httpx.Client(base_url=base_url, timeout=60) as leaving,
+        leaving.stream(
+            "POST", "/v1/memes/analyze/stream", files={"image": ("m.png", data)}
+        ) as response,
+    ):
+        lines = response.iter_lines()
+        assert next(lines) == "event: accepted"
+        # Wait until the engine is generating for us, then hang up.
+        deadline = time.monotonic() + 60
+        while engine_figures(client)["in_flight"] == 0:
+            assert time.monotonic() < deadline, "the engine never started"
+            time.sleep(0.05)
+    deadline = time.monotonic() + 60
+    while True:
+        figures = engine_figures(client)
+        if figures["aborted"] == 1 and figures["in_flight"] == 0:
+            break
+        assert time.monotonic() < deadline, f"generation was not aborted: {figures}"
+        time.sleep(0.1)
+    # The worker is free again: a fresh request is served.
+    follow_up = client.get("/readyz")
+    assert follow_up.status_code == 200
