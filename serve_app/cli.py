@@ -10,11 +10,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
 from serve_app.config_check import check_file, http_address
+
+if TYPE_CHECKING:
+    from serve_app.client import StreamEvent
 
 DEFAULT_CONFIG = Path("autoscale_configs/dev-cpu.yaml")
 _READY_TIMEOUT_S = 600.0
@@ -132,32 +137,41 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    """POST one image (and optional context) to a running service; print the JSON."""
+    """Analyse one image with a running service (through the Python client); print JSON."""
+    from serve_app.client import ApiError, MemeServeClient, RetryPolicy
+
     image: Path = args.image
     try:
         data = image.read_bytes()
     except OSError as exc:
         print(f"error: cannot read {image}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    files = {"image": (image.name, data, "application/octet-stream")}
-    form = {"text": args.text} if args.text else {}
+    client = MemeServeClient(
+        args.url, timeout_s=args.timeout, retry=RetryPolicy(retries=args.retries)
+    )
     try:
-        response = httpx.post(
-            f"{args.url.rstrip('/')}/v1/memes/analyze",
-            files=files,
-            data=form,
-            timeout=args.timeout,
-        )
-    except httpx.HTTPError as exc:
-        print(f"error: cannot reach {args.url}: {exc}", file=sys.stderr)
+        with client:
+            if args.stream:
+                return _print_stream(client.stream(data, args.text))
+            analysis = client.analyze(data, args.text)
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
-    try:
-        body = response.json()
-    except ValueError:
-        print(f"error: HTTP {response.status_code}: {response.text[:500]}", file=sys.stderr)
-        return 1
-    print(json.dumps(body, ensure_ascii=False, indent=2))
-    return 0 if response.is_success else 1
+    print(json.dumps(analysis.model_dump(mode="json"), ensure_ascii=False, indent=2))
+    return 0
+
+
+def _print_stream(events: Iterator[StreamEvent]) -> int:
+    """Explanation deltas to stderr as they arrive, the final result (or error) as JSON."""
+    for event in events:
+        if event.event == "delta":
+            print(event.data["text"], end="", file=sys.stderr, flush=True)
+        elif event.event in ("result", "error"):
+            print(file=sys.stderr)
+            print(json.dumps(event.data, ensure_ascii=False, indent=2))
+            return 0 if event.event == "result" else 1
+    print("error: the stream ended without a result", file=sys.stderr)
+    return 1
 
 
 def cmd_tiny_glm4v(args: argparse.Namespace) -> int:
@@ -194,6 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--text", default=None, help="context: caption, comment, danmaku")
     analyze.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
     analyze.add_argument("--timeout", type=float, default=120.0)
+    analyze.add_argument(
+        "--retries", type=int, default=3, help="retries on 429/503 (honouring Retry-After)"
+    )
+    analyze.add_argument(
+        "--stream", action="store_true", help="stream the explanation as it is generated"
+    )
     analyze.set_defaults(func=cmd_analyze)
 
     tiny = sub.add_parser(
