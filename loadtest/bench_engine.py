@@ -58,7 +58,12 @@ from serve_app.engines.base import EngineRequest
 from serve_app.engines.transformers_engine import TransformersEngine, _image_only
 from serve_app.imaging import resize_to_budget, visual_tokens
 from serve_app.prompts import build_messages, processor_size
-from serve_app.tiny_glm4v import SPECIAL_TOKENS, build_config, build_tokenizer
+from serve_app.tiny_glm4v import (
+    GLM46V_FLASH_DIMS,
+    TINY_DIMS,
+    build_config,
+    build_tokenizer,
+)
 
 DEFAULT_OUT: Final[Path] = Path("artifacts/bench_engine.json")
 MODEL_ID: Final[str] = "glm-4.6v-flash-random"
@@ -125,60 +130,6 @@ def memory_bandwidth(gpu_name: str) -> Bandwidth:
         if re.search(pattern, upper):
             return Bandwidth(gbps, label)
     return Bandwidth(None, "unknown GPU: not in the bandwidth table, no floor computed")
-
-
-def real_config(tokenizer: Any) -> Any:
-    """A ``Glm4vConfig`` with GLM-4.6V-Flash's dimensions and the tokenizer's special ids."""
-    from transformers import Glm4vConfig
-
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
-    stop_ids = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]
-    text_config = {
-        "model_type": "glm4v_text",
-        "vocab_size": 151552,
-        "hidden_size": 4096,
-        "intermediate_size": 13696,
-        "num_hidden_layers": 40,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 65536,
-        "rms_norm_eps": 1e-5,
-        # head_dim 128, half of it rotated: the M-RoPE sections sum to 128 * 0.5 / 2.
-        "rope_parameters": {
-            "rope_type": "default",
-            "rope_theta": 500000.0,
-            "partial_rotary_factor": 0.5,
-            "mrope_section": [8, 12, 12],
-        },
-        "pad_token_id": ids["<|endoftext|>"],
-        "eos_token_id": stop_ids,
-    }
-    vision_config = {
-        "model_type": "glm4v_vision",
-        "depth": 24,
-        "hidden_size": 1536,
-        "intermediate_size": 13696,
-        "num_heads": 12,
-        "in_channels": 3,
-        "image_size": 336,
-        "patch_size": 14,
-        "temporal_patch_size": 2,
-        "spatial_merge_size": 2,
-        "out_hidden_size": 4096,
-        "rms_norm_eps": 1e-5,
-        "rope_parameters": {"rope_type": "axial", "rope_theta": 10000.0},
-    }
-    return Glm4vConfig(
-        text_config=text_config,
-        vision_config=vision_config,
-        image_token_id=ids["<|image|>"],
-        video_token_id=ids["<|video|>"],
-        image_start_token_id=ids["<|begin_of_image|>"],
-        image_end_token_id=ids["<|end_of_image|>"],
-        video_start_token_id=ids["<|begin_of_video|>"],
-        video_end_token_id=ids["<|end_of_video|>"],
-        tie_word_embeddings=False,
-    )
 
 
 class InMemoryLoader:
@@ -484,7 +435,7 @@ async def run_benchmark(args: argparse.Namespace, tiny: bool) -> dict[str, Any]:
 
     torch.manual_seed(args.seed)
     tokenizer = build_tokenizer()
-    config = build_config(tokenizer) if tiny else real_config(tokenizer)
+    config = build_config(tokenizer, TINY_DIMS if tiny else GLM46V_FLASH_DIMS)
     loader = InMemoryLoader(tokenizer, config, seed=args.seed)
     app = AppArgs()
     levels = [app.level(number) for number in args.levels]

@@ -10,6 +10,7 @@ The final ``result`` event carries the Structurer's analysis, which is authorita
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from typing import Any, Final
@@ -88,10 +89,8 @@ class ExplanationTap:
                 if code == "u":
                     if index + 6 > len(raw):
                         break
-                    try:
+                    with contextlib.suppress(ValueError):  # a broken escape is dropped
                         self._decoded += chr(int(raw[index + 2 : index + 6], 16))
-                    except ValueError:
-                        pass
                     index += 6
                     continue
                 self._decoded += _ESCAPES.get(code, code)

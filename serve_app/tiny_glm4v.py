@@ -15,6 +15,7 @@ gibberish, which is exactly what the Structurer's fallback path is for.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -84,12 +85,60 @@ CHAT_TEMPLATE: Final[str] = (
     "{%- endif -%}"
 )
 
-# Tiny shapes; the geometry that the processor and the serving code depend on
-# (patch 14, temporal patch 2, 2x2 merge: one visual token per 28x28 pixels) is GLM's.
-_TEXT_HIDDEN: Final[int] = 64
-_TEXT_HEADS: Final[int] = 4
-_VISION_HIDDEN: Final[int] = 32
-_VISION_HEADS: Final[int] = 2
+
+@dataclass(frozen=True)
+class Glm4vDims:
+    """The shapes of a GLM-4.xV model; the image geometry (patch 14, temporal patch 2,
+    2x2 merge: one visual token per 28x28 pixels) is GLM's whatever the shapes."""
+
+    text_layers: int
+    text_hidden: int
+    text_heads: int
+    kv_heads: int
+    text_intermediate: int
+    vocab_size: int | None
+    """``None``: the tokenizer's size rounded up to a multiple of 64."""
+    mrope_section: tuple[int, int, int]
+    """M-RoPE split of the rotated half of each head: sums to head_dim * 0.5 / 2."""
+    vision_depth: int
+    vision_hidden: int
+    vision_heads: int
+    vision_intermediate: int
+    max_positions: int
+
+
+TINY_DIMS: Final[Glm4vDims] = Glm4vDims(
+    text_layers=2,
+    text_hidden=64,
+    text_heads=4,
+    kv_heads=2,
+    text_intermediate=128,
+    vocab_size=None,
+    mrope_section=(2, 1, 1),
+    vision_depth=2,
+    vision_hidden=32,
+    vision_heads=2,
+    vision_intermediate=64,
+    max_positions=8192,
+)
+
+GLM46V_FLASH_DIMS: Final[Glm4vDims] = Glm4vDims(
+    text_layers=40,
+    text_hidden=4096,
+    text_heads=32,
+    kv_heads=2,
+    text_intermediate=13696,
+    vocab_size=151552,
+    mrope_section=(8, 12, 12),
+    vision_depth=24,
+    vision_hidden=1536,
+    vision_heads=12,
+    # transformers' Glm4vVisionConfig default (GLM-4.1V's published vision config):
+    # the patch merger's width; each vision block's MLP is out_hidden_size wide.
+    vision_intermediate=13696,
+    max_positions=65536,
+)
+"""GLM-4.6V-Flash's real dimensions (GLM-4.1V-9B architecture), for the engine benchmark."""
 
 
 def _training_text() -> list[str]:
@@ -157,50 +206,47 @@ def build_tokenizer() -> Any:
     return tokenizer
 
 
-def build_config(tokenizer: Any) -> Any:
-    """A ``Glm4vConfig`` with tiny shapes and the tokenizer's special-token ids."""
+def build_config(tokenizer: Any, dims: Glm4vDims = TINY_DIMS) -> Any:
+    """A ``Glm4vConfig`` with ``dims`` and the tokenizer's special-token ids."""
     from transformers import Glm4vConfig
 
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
     stop_ids = [ids["<|endoftext|>"], ids["<|user|>"], ids["<|observation|>"]]
-    vocab_size = -(-len(tokenizer) // 64) * 64
-    head_dim = _TEXT_HIDDEN // _TEXT_HEADS
+    head_dim = dims.text_hidden // dims.text_heads
+    # GLM rotates half of each head (partial_rotary_factor 0.5); M-RoPE splits those
+    # frequencies over (temporal, height, width), as [8, 12, 12] does for head_dim 128.
+    assert sum(dims.mrope_section) == head_dim // 4, "mrope_section must sum to head_dim/4"
     text_config = {
         "model_type": "glm4v_text",
-        "vocab_size": vocab_size,
-        "hidden_size": _TEXT_HIDDEN,
-        "intermediate_size": 2 * _TEXT_HIDDEN,
-        "num_hidden_layers": 2,
-        "num_attention_heads": _TEXT_HEADS,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 8192,
+        "vocab_size": dims.vocab_size or -(-len(tokenizer) // 64) * 64,
+        "hidden_size": dims.text_hidden,
+        "intermediate_size": dims.text_intermediate,
+        "num_hidden_layers": dims.text_layers,
+        "num_attention_heads": dims.text_heads,
+        "num_key_value_heads": dims.kv_heads,
+        "max_position_embeddings": dims.max_positions,
         "rms_norm_eps": 1e-5,
-        # GLM rotates half of each head (partial_rotary_factor 0.5); M-RoPE splits
-        # those frequencies over (temporal, height, width): the sections sum to
-        # head_dim * 0.5 / 2, as [8, 12, 12] does for GLM's head_dim 128.
         "rope_parameters": {
             "rope_type": "default",
             "rope_theta": 500000.0,
             "partial_rotary_factor": 0.5,
-            "mrope_section": [2, 1, 1],
+            "mrope_section": list(dims.mrope_section),
         },
         "pad_token_id": ids["<|endoftext|>"],
         "eos_token_id": stop_ids,
     }
-    rope: dict[str, Any] = text_config["rope_parameters"]
-    assert sum(rope["mrope_section"]) == head_dim // 4
     vision_config = {
         "model_type": "glm4v_vision",
-        "depth": 2,
-        "hidden_size": _VISION_HIDDEN,
-        "intermediate_size": 2 * _VISION_HIDDEN,
-        "num_heads": _VISION_HEADS,
+        "depth": dims.vision_depth,
+        "hidden_size": dims.vision_hidden,
+        "intermediate_size": dims.vision_intermediate,
+        "num_heads": dims.vision_heads,
         "in_channels": 3,
         "image_size": 336,
         "patch_size": 14,
         "temporal_patch_size": 2,
         "spatial_merge_size": 2,
-        "out_hidden_size": _TEXT_HIDDEN,
+        "out_hidden_size": dims.text_hidden,
         "rms_norm_eps": 1e-5,
         "rope_parameters": {"rope_type": "axial", "rope_theta": 10000.0},
     }
