@@ -26,6 +26,8 @@ TINY_GLM4V := .gl/tiny-glm4v
 PYTEST_ARGS ?=
 # Under make, a missing vLLM contract environment is a failure, not a skip.
 export MEMESERVE_REQUIRE_VLLM_CONTRACT := 1
+# ... and so is a missing browser for the web page test (make system-deps installs it).
+export MEMESERVE_REQUIRE_BROWSER := 1
 BENCH_ENGINE_ARGS ?=
 
 .PHONY: help install run test test-unit test-integration test-e2e check lint typecheck \
@@ -63,11 +65,19 @@ $(TINY_GLM4V)/config.json: $(STAMP) serve_app/tiny_glm4v.py
 
 tiny-glm4v: $(TINY_GLM4V)/config.json
 
-# Debian's CJK font, used by the tests and benchmarks to draw Chinese memes.
+# Debian packages the tests need: the CJK font (used by the tests and benchmarks to
+# draw Chinese memes, and by Chromium to render the web page's Chinese text) and
+# Debian's Chromium, which tests/e2e/test_web_page.py drives headless through
+# Playwright (the pip package's own browser download is never used). Chromium's
+# hard dependencies bring fontconfig and a Latin font; nothing else is needed for
+# --headless. One `apt-get update` for whatever is missing.
 system-deps:
-	@if [ ! -f "$(CJK_FONT)" ]; then \
-	  echo "installing fonts-wqy-microhei (CJK font for synthesised test memes)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-wqy-microhei >/dev/null; \
+	@pkgs=""; \
+	if [ ! -f "$(CJK_FONT)" ]; then pkgs="$$pkgs fonts-wqy-microhei"; fi; \
+	if [ ! -x /usr/bin/chromium ]; then pkgs="$$pkgs chromium"; fi; \
+	if [ -n "$$pkgs" ]; then \
+	  echo "installing$$pkgs (system packages the tests need)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; \
 	fi
 
 run: install
