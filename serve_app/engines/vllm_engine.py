@@ -231,7 +231,7 @@ class VllmEngine(Engine):
             finished = True
         except TimeoutError:
             raise DeadlineExceeded("the request deadline passed during generation") from None
-        except (MemeServeError, asyncio.CancelledError, GeneratorExit):
+        except MemeServeError:
             raise
         except Exception as exc:
             logger.exception("vllm generate failed for %s", request.request_id)
