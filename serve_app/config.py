@@ -101,6 +101,11 @@ class EngineArgs(StrictModel):
     )
     vllm: VllmArgs = Field(default_factory=VllmArgs, description="Settings of the vllm engine.")
 
+    @property
+    def model_name(self) -> str:
+        """``model_id@model_version``: how responses name the model; part of the cache key."""
+        return f"{self.model_id}@{self.model_version}"
+
     @field_validator("model_path")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:

@@ -474,7 +474,7 @@ class Ingress:
         output = EngineOutput(
             text="".join(pieces),
             engine=self._args.engine.kind,
-            model=f"{self._args.engine.model_id}@{self._args.engine.model_version}",
+            model=self._args.engine.model_name,
             elapsed_ms=(time.perf_counter() - engine_started) * 1000.0,
         )
         result = await self._structurer.structure.remote(
@@ -544,7 +544,7 @@ class Ingress:
             "service": "memeserve",
             "version": __version__,
             "engine": engine,
-            "model": f"{self._args.engine.model_id}@{self._args.engine.model_version}",
+            "model": self._args.engine.model_name,
             "prompt_version": self._args.prompt_version,
             "degradation": {
                 "level": level.level,

@@ -50,7 +50,7 @@ def limits_from(args: AppArgs) -> Limits:
 
 def model_name(args: AppArgs) -> str:
     """``model_id@model_version``, as engines report it and the cache key uses it."""
-    return f"{args.engine.model_id}@{args.engine.model_version}"
+    return args.engine.model_name
 
 
 def prepare(

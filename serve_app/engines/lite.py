@@ -125,7 +125,7 @@ class LiteEngine(Engine):
 
     @property
     def model(self) -> str:
-        return f"{self._args.model_id}@{self._args.model_version}"
+        return self._args.model_name
 
     async def start(self) -> None:
         if self._lexicon is not None and self._ocr.loaded:

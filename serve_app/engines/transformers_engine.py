@@ -219,7 +219,7 @@ class TransformersEngine(Engine):
 
     @property
     def model(self) -> str:
-        return f"{self._args.model_id}@{self._args.model_version}"
+        return self._args.model_name
 
     @property
     def device(self) -> str:

@@ -153,7 +153,7 @@ class VllmEngine(Engine):
 
     @property
     def model(self) -> str:
-        return f"{self._args.model_id}@{self._args.model_version}"
+        return self._args.model_name
 
     async def start(self) -> None:
         if self._llm is not None:
