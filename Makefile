@@ -28,10 +28,15 @@ PYTEST_ARGS ?=
 export MEMESERVE_REQUIRE_VLLM_CONTRACT := 1
 # ... and so is a missing browser for the web page test (make system-deps installs it).
 export MEMESERVE_REQUIRE_BROWSER := 1
+# ... and a missing redis-server for the library's redis backend tests.
+export MEMESERVE_REQUIRE_REDIS := 1
 BENCH_ENGINE_ARGS ?=
+BENCH_DEDUPE_ARGS ?=
+BENCH_OVERLOAD_ARGS ?=
 
 .PHONY: help install run test test-unit test-integration test-e2e check lint typecheck \
-        check-config bench bench-engine system-deps clean vllm-contract-env tiny-glm4v
+        check-config bench bench-engine bench-dedupe bench-overload system-deps clean \
+        vllm-contract-env tiny-glm4v
 
 help:
 	@echo "make run      start the service on $(CONFIG) (CONFIG=... for another profile)"
@@ -40,6 +45,8 @@ help:
 	@echo "make tiny-glm4v  write the tiny random GLM-4.xV checkpoint to $(TINY_GLM4V)"
 	@echo "make check-config  validate every shipped profile"
 	@echo "make bench    latency of the running graph (starts the CPU profile itself)"
+	@echo "make bench-dedupe  near-duplicate recall, false merges, lookup time (this project vs pHash/dHash)"
+	@echo "make bench-overload  ~3x overload with the load controller off, then on"
 	@echo "make bench-engine  GLM-4.6V-Flash-sized random model via the transformers engine (CUDA GPU; BENCH_ENGINE_ARGS=...)"
 
 $(STAMP): pyproject.toml
@@ -70,11 +77,13 @@ tiny-glm4v: $(TINY_GLM4V)/config.json
 # Debian's Chromium, which tests/e2e/test_web_page.py drives headless through
 # Playwright (the pip package's own browser download is never used). Chromium's
 # hard dependencies bring fontconfig and a Latin font; nothing else is needed for
-# --headless. One `apt-get update` for whatever is missing.
+# --headless. redis-server backs the library's redis backend tests (each test starts
+# its own throw-away server). One `apt-get update` for whatever is missing.
 system-deps:
 	@pkgs=""; \
 	if [ ! -f "$(CJK_FONT)" ]; then pkgs="$$pkgs fonts-wqy-microhei"; fi; \
 	if [ ! -x /usr/bin/chromium ]; then pkgs="$$pkgs chromium"; fi; \
+	if [ ! -x /usr/bin/redis-server ]; then pkgs="$$pkgs redis-server"; fi; \
 	if [ -n "$$pkgs" ]; then \
 	  echo "installing$$pkgs (system packages the tests need)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$pkgs >/dev/null; \
@@ -111,8 +120,14 @@ check-config: install
 bench: install system-deps
 	$(PY) -m loadtest.bench_latency --config $(CONFIG)
 
+bench-dedupe: install system-deps
+	$(PY) -m loadtest.bench_dedupe $(BENCH_DEDUPE_ARGS)
+
+bench-overload: install system-deps
+	$(PY) -m loadtest.bench_overload $(BENCH_OVERLOAD_ARGS)
+
 bench-engine: install
 	$(PY) -m loadtest.bench_engine $(BENCH_ENGINE_ARGS)
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .gl .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) .gl .memeserve .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -1,20 +1,23 @@
-"""FingerprintStore: the result store shared by every Preprocessor and Structurer replica.
+"""FingerprintStore: the fingerprint library shared by every Preprocessor and Structurer.
 
-One replica owns the in-memory index so that a repeat is a hit whichever replica
-sees it. This version answers exact repeats (decoded-pixel hash + context + model);
-near-duplicate lookup extends the same deployment.
+One replica owns the in-memory index, so a repeat is a hit whichever replica sees it;
+the backend (SQLite by default, Redis across nodes) keeps the library across restarts
+and is polled for what other processes added (:mod:`serve_app.fingerprint_library`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import Any
 
 from ray import serve
 
 from serve_app.config import CacheArgs
+from serve_app.fingerprint_library import FingerprintLibrary, LibraryHit, StoreKey, library_from
+from serve_app.library_backends import LibraryUnavailable
 from serve_app.request_context import configure_logging
-from serve_app.result_cache import ResultCache
 
 logger = logging.getLogger(__name__)
 
@@ -25,38 +28,67 @@ logger = logging.getLogger(__name__)
     ray_actor_options={"num_cpus": 0.05},
 )
 class FingerprintStore:
-    """Serve wrapper around :class:`serve_app.result_cache.ResultCache`."""
+    """Serve wrapper around :class:`serve_app.fingerprint_library.FingerprintLibrary`."""
 
-    def __init__(self, cache_args: dict[str, Any]) -> None:
+    async def __init__(self, cache_args: dict[str, Any]) -> None:  # type: ignore[misc]
         configure_logging()
-        args = CacheArgs.model_validate(cache_args)
-        self._enabled = args.enabled
-        self._cache = ResultCache(max_entries=args.max_entries, ttl_s=args.ttl_s)
+        self._args = CacheArgs.model_validate(cache_args)
+        self._library: FingerprintLibrary | None = None
+        self._sync_task: asyncio.Task[None] | None = None
+        if not self._args.enabled:
+            return
+        self._library = library_from(self._args)
+        try:
+            loaded = await asyncio.to_thread(self._library.sync)
+            logger.info("fingerprint library loaded %d entries (%s)", loaded, self._args.backend)
+        except LibraryUnavailable as exc:
+            logger.error("fingerprint library backend unavailable at start: %s", exc)
+        self._sync_task = asyncio.get_running_loop().create_task(self._sync_forever())
 
-    def get(self, key: str) -> tuple[dict[str, Any], int] | None:
-        """The stored analysis and its degradation level, or ``None``."""
-        if not self._enabled:
+    async def _sync_forever(self) -> None:
+        assert self._library is not None
+        rounds = 0
+        while True:
+            await asyncio.sleep(self._args.sync_period_s)
+            rounds += 1
+            try:
+                taken = await asyncio.to_thread(self._library.sync)
+                if taken:
+                    logger.info("fingerprint library took %d new entries from the backend", taken)
+                if rounds % 720 == 0:  # hourly at the default period
+                    await asyncio.to_thread(self._library.purge_expired)
+            except LibraryUnavailable as exc:
+                logger.warning("fingerprint library sync failed: %s", exc)
+            except Exception:
+                logger.exception("fingerprint library sync failed")
+
+    def lookup(self, key: StoreKey, max_level: int) -> LibraryHit | None:
+        """The stored analysis for ``key`` produced at ``max_level`` or better, or ``None``."""
+        if self._library is None:
             return None
-        return self._cache.get(key)
+        return self._library.lookup(key, max_level)
 
-    def put(self, key: str, analysis: dict[str, Any], level: int) -> bool:
+    def store(self, key: StoreKey, analysis: dict[str, Any], level: int) -> bool:
         """Store a fresh analysis; returns whether it was stored."""
-        if not self._enabled:
+        if self._library is None:
             return False
-        return self._cache.put(key, analysis, level)
+        return self._library.store(key, analysis, level)
 
     def stats(self) -> dict[str, Any]:
-        """Entries, hits, misses and hit ratio for /v1/status."""
-        stats = self._cache.stats()
-        return {
-            "enabled": self._enabled,
-            "entries": stats.entries,
-            "max_entries": stats.max_entries,
-            "hits": stats.hits,
-            "misses": stats.misses,
-            "stores": stats.stores,
-            "evictions": stats.evictions,
-            "hit_ratio": round(stats.hit_ratio, 4),
-            "exact_hits": stats.hits,
-            "near_hits": 0,
-        }
+        """Entries, hits (exact/near), misses and hit ratio for /v1/status."""
+        if self._library is None:
+            return {"enabled": False}
+        figures = self._library.stats().as_dict()
+        try:
+            backend = self._library.backend.stats()
+        except LibraryUnavailable as exc:
+            backend = {"kind": self._args.backend, "error": str(exc)[:200]}
+        return {"enabled": True, "near": self._args.near, **figures, "backend": backend}
+
+    async def __del__(self) -> None:
+        if self._sync_task is not None:
+            self._sync_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sync_task
+        if self._library is not None:
+            self._library.backend.close()

@@ -1,16 +1,26 @@
-"""Preprocessor: validate, decode and resize uploads; answer exact repeats from the store."""
+"""Preprocessor: validate, decode and fingerprint uploads; answer repeats from the library.
+
+The degradation level comes from a local :class:`~serve_app.degradation.LevelFollower`
+refreshed in the background, never from a call per request. A stored answer is
+looked up before any resizing; on a miss the upload is resized to the level's budget,
+or refused when the level sheds load.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
+from serve_app.fingerprint import Fingerprinter
 
 from serve_app.config import AppArgs
-from serve_app.preprocessing import CacheHit, Prepared, prepare
+from serve_app.degradation import LevelFollower, LevelState, shed_error
+from serve_app.fingerprint_library import LibraryHit
+from serve_app.preprocessing import CacheHit, Prepared, build_request, key_upload
 from serve_app.request_context import configure_logging, set_request_id
 
 logger = logging.getLogger(__name__)
@@ -21,34 +31,51 @@ logger = logging.getLogger(__name__)
     ray_actor_options={"num_cpus": 0.25},
 )
 class Preprocessor:
-    """Serve wrapper around :func:`serve_app.preprocessing.prepare`."""
+    """Serve wrapper around :mod:`serve_app.preprocessing`."""
 
-    def __init__(self, args: dict[str, Any], store: DeploymentHandle) -> None:
+    async def __init__(  # type: ignore[misc]
+        self, args: dict[str, Any], store: DeploymentHandle, controller: DeploymentHandle
+    ) -> None:
         configure_logging()
         self._args = AppArgs.model_validate(args)
         self._store = store
+        self._controller = controller
+        self._fingerprinter = Fingerprinter()
+        self._levels = LevelFollower(self._fetch_level)
+        try:  # know the configured table before the first request, if the controller is up
+            await asyncio.wait_for(self._levels.refresh(), 10.0)
+        except TimeoutError:
+            logger.warning("load controller did not answer; starting at the default level 0")
+        self._levels.start()
+
+    async def _fetch_level(self) -> LevelState:
+        state: LevelState = await self._controller.state.remote()
+        return state
 
     async def prepare(
         self, data: bytes, text: str | None, request_id: str, deadline: float | None
     ) -> Prepared | CacheHit:
         """Decode and key the upload; a stored analysis short-circuits the engine."""
         set_request_id(request_id)
-        # Decoding and resizing are CPU work (Pillow releases the GIL): keep the loop free.
-        prepared = await asyncio.to_thread(
-            prepare,
-            data,
-            text,
-            request_id=request_id,
-            args=self._args,
-            level=0,
-            deadline=deadline,
+        # Decoding and hashing are CPU work (Pillow and numpy release the GIL): keep the
+        # event loop free.
+        keyed = await asyncio.to_thread(
+            key_upload, data, text, args=self._args, fingerprinter=self._fingerprinter
         )
+        row = self._levels.state.row
         if self._args.cache.enabled:
-            stored = await self._store.get.remote(prepared.key)
-            if stored is not None:
-                analysis, level = stored
-                logger.info("exact cache hit %s", prepared.key[:16])
+            hit: LibraryHit | None = await self._store.lookup.remote(keyed.key, row.level)
+            if hit is not None:
+                logger.info("%s cache hit (distance %d)", hit.match, hit.distance)
                 return CacheHit(
-                    analysis=analysis, level=level, preprocess_ms=prepared.preprocess_ms
+                    analysis=hit.analysis,
+                    level=hit.level,
+                    preprocess_ms=(time.perf_counter() - keyed.started) * 1000.0,
+                    match=hit.match,
+                    distance=hit.distance,
                 )
-        return prepared
+        if row.route == "reject":
+            raise shed_error(row)
+        return await asyncio.to_thread(
+            build_request, keyed, request_id=request_id, args=self._args, row=row, deadline=deadline
+        )

@@ -11,6 +11,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import StructurerUserConfig
 from serve_app.engines import EngineOutput
+from serve_app.fingerprint_library import StoreKey
 from serve_app.request_context import configure_logging, set_request_id
 from serve_app.structuring import StructureContext, build_analysis
 
@@ -35,14 +36,14 @@ class Structurer:
         logger.info("structurer config applied: %s", self._config.model_dump())
 
     async def structure(
-        self, output: EngineOutput, context: StructureContext, cache_key: str | None
+        self, output: EngineOutput, context: StructureContext, store_key: StoreKey | None
     ) -> dict[str, Any]:
-        """Build the analysis for ``output`` and store it under ``cache_key``."""
+        """Build the analysis for ``output`` and store it in the library under ``store_key``."""
         set_request_id(context.request_id)
         started = time.perf_counter()
         analysis = build_analysis(output, context, self._config)
         analysis.meta.timings_ms.structure = round((time.perf_counter() - started) * 1000.0, 2)
         result = analysis.model_dump(mode="json")
-        if cache_key is not None and "unparseable_model_output" not in analysis.meta.warnings:
-            await self._store.put.remote(cache_key, result, context.degradation_level)
+        if store_key is not None and "unparseable_model_output" not in analysis.meta.warnings:
+            await self._store.store.remote(store_key, result, analysis.meta.degradation_level)
         return result

@@ -1,18 +1,41 @@
-"""VLM pool: each replica owns one engine (lite, transformers or vllm) behind one interface."""
+"""VLM pool: each replica owns one engine (lite, transformers or vllm) behind one interface.
+
+Each replica also samples its own load where its GPU is (NVML, the engine's queue and
+KV cache, CPU), reports it to the LoadController, and applies the level it hears
+back to every request: image budget, context, output cap, and at the top level the
+lite engine or a refusal (:mod:`serve_app.degradation`).
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
+from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppArgs
-from serve_app.engines import EngineOutput, EngineRequest, create_engine
+from serve_app.degradation import LevelFollower, LevelState, shed_error, tighten
+from serve_app.engines import Engine, EngineOutput, EngineRequest, create_engine
+from serve_app.load_signals import CpuSampler, GpuSampler, replica_signals
 from serve_app.request_context import configure_logging, set_request_id
 
 logger = logging.getLogger(__name__)
+
+_DEFAULT_MAX_ONGOING = 4
+
+
+def _replica_identity() -> tuple[str, int]:
+    """(replica id, max_ongoing_requests) of the running replica; defaults outside Serve."""
+    try:
+        context = serve.get_replica_context()
+    except Exception:
+        return "local", _DEFAULT_MAX_ONGOING
+    config = getattr(context, "_deployment_config", None)
+    capacity = getattr(config, "max_ongoing_requests", None) or _DEFAULT_MAX_ONGOING
+    return context.replica_tag, int(capacity)
 
 
 @serve.deployment(
@@ -24,26 +47,95 @@ class VLMPool:
     """Serve wrapper: the engine is built cheaply, then started before traffic arrives."""
 
     # Serve awaits an async constructor before the replica takes traffic.
-    async def __init__(self, app_args: dict[str, Any]) -> None:  # type: ignore[misc]
+    async def __init__(  # type: ignore[misc]
+        self, app_args: dict[str, Any], controller: DeploymentHandle
+    ) -> None:
         configure_logging()
         args = AppArgs.model_validate(app_args)
         self._args = args.engine
-        self._engine = create_engine(self._args, args.max_visual_tokens)
+        self._engine = create_engine(self._args)
+        self._lite: Engine | None = self._engine if self._engine.name == "lite" else None
         batcher: Any = self._generate_batch  # Serve's batch wrapper carries these setters
         batcher.set_max_batch_size(self._args.transformers.max_batch_size)
         batcher.set_batch_wait_timeout_s(self._args.transformers.batch_wait_timeout_s)
         await self._engine.start()
         logger.info("engine %s started: %s", self._engine.name, self._engine.model)
+        self._controller = controller
+        self._source, self._capacity = _replica_identity()
+        self._ongoing = 0
+        self._gpu = GpuSampler()
+        self._cpu = CpuSampler()
+        self._signals: dict[str, float] = {}
+        self._gpu_state = "not sampled"
+        self._last_request: dict[str, Any] | None = None
+        self._levels = LevelFollower(self._report)
+        self._levels.start()
+
+    async def _report(self) -> LevelState:
+        """Sample this replica's signals and report them; the answer is the current level."""
+        gpu = self._gpu.sample()
+        self._gpu_state = gpu.state
+        stats = self._engine.stats()
+        self._signals = replica_signals(
+            gpu=gpu,
+            cpu=self._cpu.sample(),
+            in_flight=self._ongoing,
+            max_ongoing=self._capacity,
+            waiting=stats.waiting,
+            kv_cache_usage=stats.kv_cache_usage,
+        )
+        state: LevelState = await self._controller.report.remote(
+            self._source, "vlm", self._signals, self._capacity
+        )
+        return state
+
+    async def _engine_for(self, request: EngineRequest) -> tuple[Engine, EngineRequest]:
+        """The request at the level in force, and the engine its route names."""
+        row = self._levels.state.row
+        if row.level > request.level:
+            request = tighten(request, row, self._args.max_visual_tokens)
+            if row.route == "reject":
+                raise shed_error(row)
+        height, width = request.image.shape[:2]
+        self._last_request = {
+            "level": request.level,
+            "route": request.route,
+            "image": [int(width), int(height)],
+            "max_visual_tokens": request.max_visual_tokens,
+            "max_output_tokens": request.max_output_tokens,
+            "context_chars": len(request.context or ""),
+        }
+        if request.route != "lite" or self._engine.name == "lite":
+            return self._engine, request
+        if self._lite is None:
+            from serve_app.engines.lite import LiteEngine
+
+            lite = LiteEngine(self._args)
+            await lite.start()
+            self._lite = lite
+            logger.warning("lite fallback engine started for the top degradation level")
+        return self._lite, request
+
+    @staticmethod
+    def _served(output: EngineOutput, request: EngineRequest) -> EngineOutput:
+        return dataclasses.replace(
+            output, level=request.level, explanation_max_chars=request.explanation_max_chars
+        )
 
     async def generate(self, request: EngineRequest) -> EngineOutput:
         """Model text for one prepared meme (batched with others where the engine can)."""
         set_request_id(request.request_id)
-        if not self._engine.supports_batching:
-            return await self._engine.generate(request)
-        result = await self._generate_batch(request)
-        if isinstance(result, BaseException):
-            raise result
-        return result
+        self._ongoing += 1
+        try:
+            engine, request = await self._engine_for(request)
+            if engine is not self._engine or not engine.supports_batching:
+                return self._served(await engine.generate(request), request)
+            result = await self._generate_batch(request)
+            if isinstance(result, BaseException):
+                raise result
+            return self._served(result, request)
+        finally:
+            self._ongoing -= 1
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def _generate_batch(
@@ -51,14 +143,27 @@ class VLMPool:
     ) -> list[EngineOutput | BaseException]:
         return await self._engine.generate_batch(requests)
 
-    async def stream(self, request: EngineRequest) -> AsyncIterator[str]:
-        """Text deltas as the engine produces them (call with ``handle.options(stream=True)``)."""
+    async def stream(self, request: EngineRequest) -> AsyncIterator[str | dict[str, Any]]:
+        """First a header (level, explanation cap, engine), then text deltas.
+
+        Call with ``handle.options(stream=True)``.
+        """
         set_request_id(request.request_id)
-        async for delta in self._engine.stream(request):
-            yield delta
+        self._ongoing += 1
+        try:
+            engine, request = await self._engine_for(request)
+            yield {
+                "level": request.level,
+                "explanation_max_chars": request.explanation_max_chars,
+                "engine": engine.name,
+            }
+            async for delta in engine.stream(request):
+                yield delta
+        finally:
+            self._ongoing -= 1
 
     def info(self) -> dict[str, Any]:
-        """Engine kind, model and load figures, for /readyz and /v1/status."""
+        """Engine kind, model, load figures and signals, for /readyz and /v1/status."""
         self._engine.check_health()
         stats = self._engine.stats()
         return {
@@ -69,6 +174,11 @@ class VLMPool:
             "waiting": stats.waiting,
             "kv_cache_usage": stats.kv_cache_usage,
             "aborted": stats.aborted,
+            "replica": self._source,
+            "level": self._levels.state.level,
+            "gpu": self._gpu_state,
+            "signals": {name: round(value, 4) for name, value in self._signals.items()},
+            "last_request": self._last_request,
         }
 
     def check_health(self) -> None:
@@ -76,4 +186,8 @@ class VLMPool:
         self._engine.check_health()
 
     async def __del__(self) -> None:
+        await self._levels.stop()
+        self._gpu.close()
         await self._engine.shutdown()
+        if self._lite is not None and self._lite is not self._engine:
+            await self._lite.shutdown()

@@ -70,6 +70,9 @@ def start_service(config: Path) -> tuple[subprocess.Popen[bytes], str, float]:
         port = sock.getsockname()[1]
     document.setdefault("http_options", {})["port"] = port
     document["http_options"]["host"] = "127.0.0.1"
+    # A fresh library per run: a file left by an earlier run would turn misses into hits.
+    cache = document["applications"][0].setdefault("args", {}).setdefault("cache", {})
+    cache["sqlite_path"] = str(Path(tempfile.mkdtemp(prefix="memeserve-bench-")) / "lib.sqlite3")
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         yaml.safe_dump(document, handle, allow_unicode=True)
     started = time.monotonic()

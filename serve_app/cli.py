@@ -183,6 +183,55 @@ def cmd_tiny_glm4v(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_library(args: argparse.Namespace) -> int:
+    """``library import | stats | export`` on the backend the config file names."""
+    from serve_app.fingerprint_library import library_from
+    from serve_app.library_backends import LibraryUnavailable
+    from serve_app.library_tool import (
+        export_records,
+        import_directory,
+        library_stats,
+        load_profile,
+    )
+
+    try:
+        profile = load_profile(args.config)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    library = library_from(profile.args.cache)
+    try:
+        if args.action == "stats":
+            print(json.dumps(library_stats(library.backend), ensure_ascii=False, indent=2))
+            return 0
+        if args.action == "export":
+            if args.out is None:
+                count = export_records(library.backend, sys.stdout)
+            else:
+                with args.out.open("w", encoding="utf-8") as out:
+                    count = export_records(library.backend, out)
+            print(f"exported {count} entries", file=sys.stderr)
+            return 0
+        if not args.directory.is_dir():
+            print(f"error: {args.directory} is not a directory", file=sys.stderr)
+            return 2
+        library.sync()  # what is stored already decides what an import may replace
+        report = import_directory(args.directory, profile, library, context=args.text)
+    except LibraryUnavailable as exc:
+        print(f"error: library backend unavailable: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        library.backend.close()
+    for name, reason in report.failed.items():
+        print(f"error: {name}: {reason}", file=sys.stderr)
+    print(
+        f"imported {len(report.stored)} ({len(report.analysed)} analysed by the "
+        f"{profile.args.engine.kind} engine), kept {len(report.kept)} better stored "
+        f"analyses, failed {len(report.failed)}"
+    )
+    return 1 if report.failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memeserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -215,6 +264,31 @@ def build_parser() -> argparse.ArgumentParser:
         "--stream", action="store_true", help="stream the explanation as it is generated"
     )
     analyze.set_defaults(func=cmd_analyze)
+
+    library = sub.add_parser(
+        "library", help="the known-meme library: import images, show stats, export"
+    )
+    library_sub = library.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("import", "fingerprint and store every image of DIR (NAME.json sidecar: its analysis)"),
+        ("stats", "entries by model, level and source"),
+        ("export", "every entry as JSON lines"),
+    ):
+        command = library_sub.add_parser(action, help=text)
+        command.add_argument(
+            "--config",
+            type=Path,
+            default=DEFAULT_CONFIG,
+            help=f"Serve config whose args.cache names the backend (default {DEFAULT_CONFIG})",
+        )
+        if action == "import":
+            command.add_argument("directory", type=Path)
+            command.add_argument(
+                "--text", default=None, help="the context the imported analyses are keyed under"
+            )
+        if action == "export":
+            command.add_argument("--out", type=Path, default=None, help="file (default stdout)")
+        command.set_defaults(func=cmd_library)
 
     tiny = sub.add_parser(
         "tiny-glm4v",

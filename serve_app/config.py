@@ -7,6 +7,7 @@ knob. :mod:`serve_app.config_check` loads whole Serve config files against these
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -95,6 +96,14 @@ class EngineArgs(StrictModel):
     lexicon_path: Path | None = Field(
         None, description="Slang lexicon YAML; defaults to the one shipped in the package."
     )
+    max_visual_tokens: int = Field(
+        1024,
+        ge=4,
+        le=16384,
+        description="The largest image budget any degradation level may ask for; engines "
+        "size their image cap with it (vLLM's mm_processor_kwargs) and larger level budgets "
+        "are clipped to it.",
+    )
     ocr: OcrArgs = Field(default_factory=OcrArgs, description="OCR settings (lite engine).")
     transformers: TransformersArgs = Field(
         default_factory=TransformersArgs, description="Settings of the transformers engine."
@@ -161,12 +170,26 @@ class LimitsArgs(StrictModel):
 
 
 class LevelArgs(StrictModel):
-    """One row of the degradation table (DESIGN.md §2)."""
+    """One row of the degradation table (DESIGN.md §2): when to enter it and what it does."""
 
     level: int = Field(ge=0, le=3, description="0 normal, 1 degraded, 2 strained, 3 shed.")
     name: str = Field(description="Human-readable name shown in /v1/status.")
+    enter_load: float | None = Field(
+        None,
+        gt=0,
+        description="Enter this level when the load (largest signal / its full_at) holds at "
+        "or above this for enter_samples samples; 0.8 = 80 %. None (only) for level 0.",
+    )
+    leave_load: float | None = Field(
+        None,
+        gt=0,
+        description="Leave this level (one step down) when the load holds below this for "
+        "leave_samples samples; below enter_load, so the level does not flap. None for level 0.",
+    )
     max_visual_tokens: int = Field(
-        ge=4, description="Image budget: (h/28)*(w/28) after GLM-geometry resize."
+        ge=4,
+        description="Image budget: (h/28)*(w/28) after GLM-geometry resize; capped by "
+        "engine.max_visual_tokens.",
     )
     max_context_chars: int = Field(
         ge=0, description="Request context text is truncated to this many characters."
@@ -175,6 +198,34 @@ class LevelArgs(StrictModel):
     explanation_max_chars: int = Field(
         ge=0, description="The explanation is cut to this many characters."
     )
+    route: Literal["engine", "lite", "reject"] = Field(
+        "engine",
+        description="engine: the configured engine; lite: the lite engine (OCR + lexicon, "
+        "no GPU) answers instead; reject: refuse with reject_status and Retry-After.",
+    )
+    reject_status: Literal[429, 503] = Field(
+        503, description="Status of a refusal when route is reject (503 shed, 429 back off)."
+    )
+    retry_after_s: int = Field(
+        2, ge=1, le=3600, description="Retry-After (seconds) sent with a refusal."
+    )
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> LevelArgs:
+        if self.level == 0:
+            if self.enter_load is not None or self.leave_load is not None:
+                raise ValueError("level 0 is where the controller rests: no enter/leave_load")
+            if self.route != "engine":
+                raise ValueError("level 0 must route to the engine")
+            return self
+        if self.enter_load is None or self.leave_load is None:
+            raise ValueError(f"level {self.level} needs enter_load and leave_load")
+        if self.leave_load >= self.enter_load:
+            raise ValueError(
+                f"level {self.level}: leave_load ({self.leave_load}) must be below "
+                f"enter_load ({self.enter_load}), or the level flaps"
+            )
+        return self
 
 
 def _default_levels() -> tuple[LevelArgs, ...]:
@@ -190,6 +241,8 @@ def _default_levels() -> tuple[LevelArgs, ...]:
         LevelArgs(
             level=1,
             name="degraded",
+            enter_load=0.8,
+            leave_load=0.6,
             max_visual_tokens=256,
             max_context_chars=500,
             max_output_tokens=256,
@@ -198,6 +251,8 @@ def _default_levels() -> tuple[LevelArgs, ...]:
         LevelArgs(
             level=2,
             name="strained",
+            enter_load=0.95,
+            leave_load=0.75,
             max_visual_tokens=64,
             max_context_chars=100,
             max_output_tokens=96,
@@ -206,22 +261,163 @@ def _default_levels() -> tuple[LevelArgs, ...]:
         LevelArgs(
             level=3,
             name="shed",
+            enter_load=1.5,
+            leave_load=1.0,
             max_visual_tokens=64,
             max_context_chars=100,
             max_output_tokens=96,
             explanation_max_chars=40,
+            route="lite",
         ),
     )
 
 
-class CacheArgs(StrictModel):
-    """Exact-repeat result cache (decoded-pixel hash + normalised context + model version)."""
+SignalName = Literal[
+    "gpu_util", "gpu_memory", "kv_cache", "engine_waiting", "engine_in_flight", "graph_queue", "cpu"
+]
 
-    enabled: bool = Field(True, description="Answer exact repeats from the store.")
+
+class SignalArgs(StrictModel):
+    """How one load signal counts: its value divided by ``full_at`` is its load (1.0 = 100 %)."""
+
+    enabled: bool = Field(True, description="Whether this signal takes part in the load.")
+    full_at: float = Field(
+        1.0,
+        gt=0,
+        description="The raw value that counts as 100 % load (a fraction for utilisations, "
+        "a request count for queues).",
+    )
+
+
+def _default_signals() -> dict[SignalName, SignalArgs]:
+    return {
+        # NVML utilisation is a duty cycle (one kernel running = 100 %): real but coarse.
+        "gpu_util": SignalArgs(enabled=True, full_at=1.0),
+        # vLLM preallocates most of the card, so memory says little there; off by default.
+        "gpu_memory": SignalArgs(enabled=False, full_at=0.95),
+        "kv_cache": SignalArgs(enabled=True, full_at=1.0),
+        "engine_waiting": SignalArgs(enabled=True, full_at=8.0),
+        "engine_in_flight": SignalArgs(enabled=True, full_at=1.0),
+        "graph_queue": SignalArgs(enabled=True, full_at=1.0),
+        "cpu": SignalArgs(enabled=False, full_at=1.0),
+    }
+
+
+class ControllerUserConfig(StrictModel):
+    """``user_config`` of the LoadController deployment (live-reloadable with serve deploy)."""
+
+    enabled: bool = Field(
+        True, description="false: stay at level 0 whatever the load (signals still shown)."
+    )
+    force_level: int | None = Field(
+        None, ge=0, le=3, description="Pin this level whatever the load (drills); null: off."
+    )
+    period_s: float = Field(
+        0.5, ge=0.05, le=60, description="Seconds between samples (and replica reports)."
+    )
+    enter_samples: int = Field(
+        3, ge=1, le=1000, description="Samples the load must hold above a level's enter_load."
+    )
+    leave_samples: int = Field(
+        10, ge=1, le=10000, description="Samples the load must hold below leave_load to step down."
+    )
+    stale_after_s: float = Field(
+        5.0, gt=0, description="A replica report older than this no longer counts."
+    )
+    signals: dict[SignalName, SignalArgs] = Field(
+        default_factory=_default_signals,
+        description="Signals that make up the load; the largest normalised one wins. "
+        "Missing names keep their defaults.",
+    )
+    levels: tuple[LevelArgs, ...] = Field(
+        default_factory=_default_levels,
+        description="Degradation table, one row per level 0..3, thresholds rising with level.",
+    )
+
+    @field_validator("signals", mode="before")
+    @classmethod
+    def _merge_signal_defaults(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {
+            name: args.model_dump() for name, args in _default_signals().items()
+        }
+        for name, override in value.items():
+            if isinstance(override, dict) and name in merged:
+                merged[name] = {**merged[name], **override}
+            else:
+                merged[name] = override
+        return merged
+
+    @model_validator(mode="after")
+    def _levels_complete(self) -> ControllerUserConfig:
+        found = sorted(row.level for row in self.levels)
+        if found != [0, 1, 2, 3]:
+            raise ValueError(f"levels must have exactly one row for each of 0..3, got {found}")
+        rows = [self.level(number) for number in (1, 2, 3)]
+        for lower, upper in itertools.pairwise(rows):
+            assert lower.enter_load is not None and upper.enter_load is not None
+            if upper.enter_load <= lower.enter_load:
+                raise ValueError(
+                    f"level {upper.level} enter_load ({upper.enter_load}) must be above "
+                    f"level {lower.level}'s ({lower.enter_load})"
+                )
+        return self
+
+    def level(self, number: int) -> LevelArgs:
+        """The table row for degradation level ``number``."""
+        return next(row for row in self.levels if row.level == number)
+
+
+class CacheArgs(StrictModel):
+    """The fingerprint library: exact and near-duplicate answers, persisted (DESIGN.md §4)."""
+
+    enabled: bool = Field(True, description="Answer repeats from the store.")
+    near: bool = Field(
+        True,
+        description="Also answer near duplicates (re-encoded, resized, bordered, lightly "
+        "cropped or watermarked copies); false: exact repeats only.",
+    )
     max_entries: int = Field(100_000, ge=1, description="LRU bound on stored analyses.")
+    max_memory_mb: float = Field(
+        512.0, gt=0, description="Bound on the in-memory index and analyses (LRU evicts)."
+    )
     ttl_s: float = Field(
         24 * 3600.0, gt=0, description="Seconds an analysis stays valid after it is stored."
     )
+    backend: Literal["memory", "sqlite", "redis"] = Field(
+        "sqlite",
+        description="memory: lost on restart; sqlite: an embedded file that survives "
+        "restarts (one node); redis: shared by every node of a cluster.",
+    )
+    sqlite_path: Path = Field(
+        Path(".memeserve/library.sqlite3"),
+        description="SQLite file of the library (relative to the start directory).",
+    )
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db for the redis backend (else required)."
+    )
+    redis_prefix: str = Field(
+        "memeserve:library:", min_length=1, description="Key prefix in Redis."
+    )
+    sync_period_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Seconds between pulls of what other processes added to the backend "
+        "(other nodes on redis, `memeserve library import`).",
+    )
+
+    @field_validator("sqlite_path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _backend_location(self) -> CacheArgs:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("cache.backend 'redis' needs cache.redis_url")
+        return self
 
 
 class AppArgs(StrictModel):
@@ -230,32 +426,12 @@ class AppArgs(StrictModel):
     engine: EngineArgs = Field(default_factory=EngineArgs, description="Model engine.")
     limits: LimitsArgs = Field(default_factory=LimitsArgs, description="Input limits.")
     cache: CacheArgs = Field(default_factory=CacheArgs, description="Result cache.")
-    levels: tuple[LevelArgs, ...] = Field(
-        default_factory=_default_levels,
-        description="Degradation table, one row per level 0..3.",
-    )
     request_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
         60.0, description="Deadline for one analysis end to end (else 504)."
     )
     prompt_version: str = Field(
         PROMPT_VERSION, min_length=1, description="Prompt version; part of the cache key."
     )
-
-    @model_validator(mode="after")
-    def _levels_complete(self) -> AppArgs:
-        found = sorted(row.level for row in self.levels)
-        if found != [0, 1, 2, 3]:
-            raise ValueError(f"levels must have exactly one row for each of 0..3, got {found}")
-        return self
-
-    @property
-    def max_visual_tokens(self) -> int:
-        """The largest image budget of any level (engines size their image cap with it)."""
-        return max(row.max_visual_tokens for row in self.levels)
-
-    def level(self, number: int) -> LevelArgs:
-        """The table row for degradation level ``number``."""
-        return next(row for row in self.levels if row.level == number)
 
 
 class RiskThresholds(StrictModel):

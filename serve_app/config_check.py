@@ -14,7 +14,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from serve_app.config import AppArgs, StructurerUserConfig
+from serve_app.config import AppArgs, ControllerUserConfig, StructurerUserConfig
 
 IMPORT_PATH = "serve_app.app:build_app"
 
@@ -25,6 +25,7 @@ DEPLOYMENT_USER_CONFIG: dict[str, type[BaseModel] | None] = {
     "VLMPool": None,
     "Structurer": StructurerUserConfig,
     "FingerprintStore": None,
+    "LoadController": ControllerUserConfig,
 }
 
 
@@ -115,6 +116,14 @@ def _check_deployment(file: str, prefix: str, deployment: Mapping[str, Any]) -> 
     except ValidationError as exc:
         return _problems(file, exc, f"{prefix}.user_config")
     return []
+
+
+def controller_config(application: Mapping[str, Any]) -> ControllerUserConfig:
+    """The LoadController ``user_config`` of one application entry (defaults if unset)."""
+    for deployment in application.get("deployments") or []:
+        if deployment.get("name") == "LoadController" and deployment.get("user_config"):
+            return ControllerUserConfig.model_validate(deployment["user_config"])
+    return ControllerUserConfig()
 
 
 def check_file(path: Path) -> list[ConfigProblem]:

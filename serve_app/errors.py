@@ -74,6 +74,13 @@ class SchemaError(ClientError):
     code = "invalid_request"
 
 
+class TooManyRequests(ClientError):
+    """Load is being shed and the client should back off for ``retry_after_s``."""
+
+    status = 429
+    code = "too_many_requests"
+
+
 class ServerError(MemeServeError):
     """We could not produce an answer (5xx)."""
 

@@ -8,11 +8,12 @@ stored answer), the VLM pool for model text, and the Structurer for the analysis
 import asyncio
 import base64
 import binascii
+import contextlib
 import functools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from importlib import resources
 from typing import Any
 
@@ -26,6 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app import __version__
 from serve_app.config import AppArgs
+from serve_app.degradation import LevelFollower, LevelState
 from serve_app.engines.base import EngineOutput
 from serve_app.errors import (
     BadInput,
@@ -35,6 +37,7 @@ from serve_app.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
+from serve_app.fingerprint_library import StoreKey
 from serve_app.http_errors import error_parts, error_response, install_error_handlers
 from serve_app.preprocessing import CacheHit, Prepared
 from serve_app.request_context import (
@@ -240,7 +243,7 @@ def _from_cache(hit: CacheHit) -> dict[str, Any]:
     """A stored analysis as this request's answer: cache meta, fresh timings."""
     result = dict(hit.analysis)
     meta = dict(result["meta"])
-    meta["cache"] = {"hit": True, "match": "exact", "distance": 0}
+    meta["cache"] = {"hit": True, "match": hit.match, "distance": hit.distance}
     meta["timings_ms"] = {
         "preprocess": round(hit.preprocess_ms, 2),
         "engine": 0.0,
@@ -273,6 +276,22 @@ def _finish(result: dict[str, Any], request_id: str, started: float) -> dict[str
 @functools.cache
 def _page_html() -> str:
     return (resources.files("serve_app") / "static" / "index.html").read_text("utf-8")
+
+
+async def _answer_or_error(call: Any, fallback: dict[str, Any]) -> dict[str, Any]:
+    """A deployment's status answer, or ``fallback`` plus the error (status never fails)."""
+    try:
+        answer: dict[str, Any] = await asyncio.wait_for(call, 5.0)
+    except Exception as exc:
+        return {**fallback, "error": str(exc)[:200]}
+    return answer
+
+
+def _replica_tag() -> str:
+    try:
+        return serve.get_replica_context().replica_tag
+    except Exception:  # outside a Serve replica (tests of the class itself)
+        return "local"
 
 
 def _replica_summary() -> dict[str, Any]:
@@ -316,6 +335,7 @@ class Ingress:
         vlm_pool: DeploymentHandle,
         structurer: DeploymentHandle,
         store: DeploymentHandle,
+        controller: DeploymentHandle,
     ) -> None:
         configure_logging()
         self._args = AppArgs.model_validate(args)
@@ -323,6 +343,11 @@ class Ingress:
         self._vlm = vlm_pool
         self._structurer = structurer
         self._store = store
+        self._controller = controller
+        self._in_flight = 0
+        self._source = _replica_tag()
+        # Reports the requests inside the graph to the LoadController (its queue signal).
+        self._levels = LevelFollower(self._report_load)
         self._body_limit = int(
             self._args.limits.max_bytes * _BODY_OVERHEAD_RATIO + _BODY_OVERHEAD_BYTES
         )
@@ -345,12 +370,29 @@ class Ingress:
     async def _analyze_once(self, data: bytes, text: str | None, request_id: str) -> dict[str, Any]:
         """The graph for one meme within the request deadline (504 after it)."""
         timeout = self._args.request_timeout_s
+        with self._inside():
+            try:
+                return await asyncio.wait_for(
+                    self._run_graph(data, text, request_id, time.time() + timeout), timeout
+                )
+            except TimeoutError:
+                raise DeadlineExceeded(f"no answer within {timeout:g} s") from None
+
+    @contextlib.contextmanager
+    def _inside(self) -> Iterator[None]:
+        """Count a request inside the graph for the controller's queue signal."""
+        self._levels.start()
+        self._in_flight += 1
         try:
-            return await asyncio.wait_for(
-                self._run_graph(data, text, request_id, time.time() + timeout), timeout
-            )
-        except TimeoutError:
-            raise DeadlineExceeded(f"no answer within {timeout:g} s") from None
+            yield
+        finally:
+            self._in_flight -= 1
+
+    async def _report_load(self) -> LevelState:
+        state: LevelState = await self._controller.report.remote(
+            self._source, "ingress", {"graph_in_flight": float(self._in_flight)}
+        )
+        return state
 
     @app.post(
         "/v1/memes/analyze/batch",
@@ -435,9 +477,10 @@ class Ingress:
         yield sse("accepted", {"request_id": request_id})
         timeout = self._args.request_timeout_s
         try:
-            async with asyncio.timeout(timeout):
-                async for event in self._stream_graph(data, text, request_id, started, timeout):
-                    yield event
+            with self._inside():
+                async with asyncio.timeout(timeout):
+                    async for event in self._stream_graph(data, text, request_id, started, timeout):
+                        yield event
         except TimeoutError:
             error = DeadlineExceeded(f"no answer within {timeout:g} s")
             status, body, _ = error_parts(error, request_id)
@@ -457,11 +500,13 @@ class Ingress:
             yield sse("result", _finish(result, request_id, started))
             return
         yield sse("cache", {"hit": False, "match": None, "distance": None})
-        tap = ExplanationTap(prepared.explanation_max_chars)
         pieces: list[str] = []
         engine_started = time.perf_counter()
         deltas: Any = self._vlm.options(stream=True).stream.remote(prepared.request)
         try:
+            # The pool's first item says how it serves the request (level, engine).
+            served: dict[str, Any] = await deltas.__anext__()
+            tap = ExplanationTap(served["explanation_max_chars"])
             async for piece in deltas:
                 pieces.append(piece)
                 for out in tap.feed(piece):
@@ -473,9 +518,11 @@ class Ingress:
             yield sse("delta", {"text": out})
         output = EngineOutput(
             text="".join(pieces),
-            engine=self._args.engine.kind,
+            engine=served["engine"],
             model=self._args.engine.model_name,
             elapsed_ms=(time.perf_counter() - engine_started) * 1000.0,
+            level=served["level"],
+            explanation_max_chars=served["explanation_max_chars"],
         )
         result = await self._structurer.structure.remote(
             output, self._structure_context(prepared, request_id), self._cache_key(prepared)
@@ -495,7 +542,7 @@ class Ingress:
         )
         return analysis
 
-    def _cache_key(self, prepared: Prepared) -> str | None:
+    def _cache_key(self, prepared: Prepared) -> StoreKey | None:
         return prepared.key if self._args.cache.enabled else None
 
     @staticmethod
@@ -521,6 +568,7 @@ class Ingress:
     @app.get("/readyz", summary="Readiness", responses={503: _ERROR_RESPONSES[503]})
     async def readyz(self) -> dict[str, Any]:
         """Ready when a VLM pool replica answers with a started engine."""
+        self._levels.start()
         try:
             engine = await asyncio.wait_for(self._vlm.info.remote(), 5.0)
         except TimeoutError:
@@ -532,27 +580,20 @@ class Ingress:
     @app.get("/v1/status", summary="Degradation level, cache figures, engine, replicas")
     async def status(self) -> dict[str, Any]:
         """Operational snapshot of the running graph."""
+        self._levels.start()
         engine_call = self._vlm.info.remote()
         cache_call = self._store.stats.remote()
-        engine: dict[str, Any]
-        try:
-            engine = await asyncio.wait_for(engine_call, 5.0)
-        except Exception as exc:
-            engine = {"kind": self._args.engine.kind, "ready": False, "error": str(exc)[:200]}
-        level = self._args.level(0)
+        degradation_call = self._controller.status.remote()
         return {
             "service": "memeserve",
             "version": __version__,
-            "engine": engine,
+            "engine": await _answer_or_error(
+                engine_call, {"kind": self._args.engine.kind, "ready": False}
+            ),
             "model": self._args.engine.model_name,
             "prompt_version": self._args.prompt_version,
-            "degradation": {
-                "level": level.level,
-                "name": level.name,
-                "max_visual_tokens": level.max_visual_tokens,
-                "controller": "none (fixed at level 0)",
-                "signals": {},
-            },
-            "cache": await asyncio.wait_for(cache_call, 5.0),
+            "degradation": await _answer_or_error(degradation_call, {"level": None}),
+            "cache": await _answer_or_error(cache_call, {"enabled": self._args.cache.enabled}),
+            "in_flight": self._in_flight,
             "replicas": await asyncio.to_thread(_replica_summary),
         }

@@ -1,27 +1,45 @@
-"""Bytes + context → an engine request (framework-free; the Preprocessor deployment wraps it)."""
+"""Bytes + context → a keyed upload → an engine request (framework-free).
+
+The Preprocessor deployment runs this in two steps around the library lookup:
+:func:`key_upload` (validate, decode, fingerprint) and, only on a miss,
+:func:`build_request` (resize to the level's budget, the engine request).
+"""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from serve_app.config import AppArgs
+from serve_app.config import AppArgs, LevelArgs
 from serve_app.context_text import normalise_context, truncate_context
+from serve_app.degradation import image_budget
 from serve_app.engines.base import EngineRequest
 from serve_app.errors import SchemaError
-from serve_app.imaging import Limits, decode_image, pixel_key, resize_to_budget, visual_tokens
-from serve_app.result_cache import cache_key
+from serve_app.fingerprint import Fingerprinter
+from serve_app.fingerprint_library import StoreKey, scope_of
+from serve_app.imaging import DecodedImage, Limits, decode_image, resize_to_budget, visual_tokens
 from serve_app.schema import ImageInfo
 
 
 @dataclass(frozen=True)
-class Prepared:
-    """A validated request ready for the engine, with its cache key."""
+class Keyed:
+    """A validated, decoded upload with its library key (not yet resized)."""
 
-    key: str
+    decoded: DecodedImage
+    context: str
+    key: StoreKey
+    started: float
+    """``time.perf_counter()`` when preprocessing began."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated request ready for the engine, with its library key."""
+
+    key: StoreKey
     request: EngineRequest
     image: ImageInfo
     preprocess_ms: float
@@ -30,11 +48,13 @@ class Prepared:
 
 @dataclass(frozen=True)
 class CacheHit:
-    """A stored analysis for an exact repeat, with the level it was produced at."""
+    """A stored analysis answering this request, and how it matched."""
 
     analysis: dict[str, Any]
     level: int
     preprocess_ms: float
+    match: Literal["exact", "near"] = "exact"
+    distance: int = 0
 
 
 def limits_from(args: AppArgs) -> Limits:
@@ -48,21 +68,10 @@ def limits_from(args: AppArgs) -> Limits:
     )
 
 
-def model_name(args: AppArgs) -> str:
-    """``model_id@model_version``, as engines report it and the cache key uses it."""
-    return args.engine.model_name
-
-
-def prepare(
-    data: bytes,
-    text: str | None,
-    *,
-    request_id: str,
-    args: AppArgs,
-    level: int = 0,
-    deadline: float | None = None,
-) -> Prepared:
-    """Validate and decode the upload, resize it to the level's budget, key it.
+def key_upload(
+    data: bytes, text: str | None, *, args: AppArgs, fingerprinter: Fingerprinter
+) -> Keyed:
+    """Validate and decode the upload and fingerprint it.
 
     Raises the client errors of :func:`serve_app.imaging.decode_image`, and
     :class:`SchemaError` for an over-long context text.
@@ -72,19 +81,36 @@ def prepare(
         raise SchemaError(
             f"text is {len(text)} characters; the limit is {args.limits.max_text_chars}"
         )
-    row = args.level(level)
     decoded = decode_image(data, limits_from(args))
     context = normalise_context(text)
-    key = cache_key(pixel_key(decoded.image), context, model_name(args), args.prompt_version)
-    resized = resize_to_budget(decoded.image, row.max_visual_tokens)
+    key = StoreKey(
+        fingerprint=fingerprinter.fingerprint(decoded.image),
+        scope=scope_of(context, args.engine.model_name, args.prompt_version),
+    )
+    return Keyed(decoded=decoded, context=context, key=key, started=started)
+
+
+def build_request(
+    keyed: Keyed,
+    *,
+    request_id: str,
+    args: AppArgs,
+    row: LevelArgs,
+    deadline: float | None = None,
+) -> Prepared:
+    """The engine request for ``keyed`` at ``row``'s level: image resized, context cut."""
+    budget = image_budget(row, args.engine.max_visual_tokens)
+    decoded = keyed.decoded
+    resized = resize_to_budget(decoded.image, budget)
     request = EngineRequest(
         request_id=request_id,
         image=np.asarray(resized),
-        context=truncate_context(context, row.max_context_chars) or None,
+        context=truncate_context(keyed.context, row.max_context_chars) or None,
         max_output_tokens=row.max_output_tokens,
-        max_visual_tokens=row.max_visual_tokens,
+        max_visual_tokens=budget,
         explanation_max_chars=row.explanation_max_chars,
-        level=level,
+        level=row.level,
+        route=row.route,
         deadline=deadline,
     )
     info = ImageInfo(
@@ -97,9 +123,9 @@ def prepare(
         visual_tokens=visual_tokens(resized.width, resized.height),
     )
     return Prepared(
-        key=key,
+        key=keyed.key,
         request=request,
         image=info,
-        preprocess_ms=(time.perf_counter() - started) * 1000.0,
+        preprocess_ms=(time.perf_counter() - keyed.started) * 1000.0,
         explanation_max_chars=row.explanation_max_chars,
     )

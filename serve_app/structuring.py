@@ -357,6 +357,8 @@ def build_analysis(
     """The complete, validated analysis for one engine output."""
     fields, warnings = parse_model_text(output.text)
     cap = min(config.explanation_max_chars, context.explanation_max_chars)
+    if output.explanation_max_chars is not None:
+        cap = min(cap, output.explanation_max_chars)
     explanation, fired = clean_explanation(fields.explanation, cap)
     warnings.extend(f"explanation_filtered:{name}" for name in fired)
     if not explanation:
@@ -376,7 +378,7 @@ def build_analysis(
             engine=output.engine,
             model=output.model,
             cache=CacheInfo(hit=False),
-            degradation_level=context.degradation_level,
+            degradation_level=(context.degradation_level if output.level is None else output.level),
             image=context.image,
             timings_ms=Timings(
                 preprocess=round(context.preprocess_ms, 2),

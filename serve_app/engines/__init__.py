@@ -12,11 +12,11 @@ from serve_app.engines.base import Engine, EngineOutput, EngineRequest, EngineSt
 __all__ = ["Engine", "EngineOutput", "EngineRequest", "EngineStats", "create_engine"]
 
 
-def create_engine(args: EngineArgs, max_visual_tokens: int = 1024) -> Engine:
+def create_engine(args: EngineArgs) -> Engine:
     """Construct (cheaply, without starting) the engine that ``args.kind`` names.
 
-    ``max_visual_tokens`` is the largest image budget of any level; engines that
-    reserve memory up front (vLLM) size their image cap with it.
+    Engines that reserve memory up front (vLLM) size their image cap with
+    ``args.max_visual_tokens``, the largest budget any degradation level may ask for.
     """
     if args.kind == "lite":
         from serve_app.engines.lite import LiteEngine
@@ -29,5 +29,5 @@ def create_engine(args: EngineArgs, max_visual_tokens: int = 1024) -> Engine:
     if args.kind == "vllm":
         from serve_app.engines.vllm_engine import VllmEngine
 
-        return VllmEngine(args, max_visual_tokens)
+        return VllmEngine(args)
     raise ValueError(f"unknown engine kind {args.kind!r}")

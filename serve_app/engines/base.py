@@ -54,6 +54,8 @@ class EngineRequest:
     explanation_max_chars: int = 300
     """The level's explanation cap; constrained decoding bounds the field with it."""
     level: int = 0
+    route: str = "engine"
+    """The level's route: ``engine`` (the configured one) or ``lite`` (the fallback)."""
     deadline: float | None = None
     """Absolute ``time.time()`` after which the answer is useless."""
 
@@ -73,6 +75,10 @@ class EngineOutput:
     elapsed_ms: float
     prompt_tokens: int | None = None
     output_tokens: int | None = None
+    level: int | None = None
+    """The degradation level the VLM pool served the request at (None: as prepared)."""
+    explanation_max_chars: int | None = None
+    """That level's explanation cap (None: as prepared)."""
 
 
 @dataclass(frozen=True)

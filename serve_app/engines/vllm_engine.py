@@ -46,11 +46,11 @@ _ENGINE_DEFAULTS: Final[dict[str, Any]] = {
 }
 
 
-def build_engine_kwargs(args: EngineArgs, max_visual_tokens: int) -> dict[str, Any]:
+def build_engine_kwargs(args: EngineArgs) -> dict[str, Any]:
     """``AsyncEngineArgs`` keyword arguments for ``args`` (pure; no vLLM import).
 
     ``model`` defaults to ``engine.model_path``; ``served_model_name`` to the model id;
-    the processor's image cap to ``max_visual_tokens`` (the largest level budget).
+    the processor's image cap to ``engine.max_visual_tokens`` (the largest level budget).
     """
     kwargs: dict[str, Any] = {**_ENGINE_DEFAULTS, **args.vllm.engine_kwargs}
     if "model" not in kwargs:
@@ -59,7 +59,7 @@ def build_engine_kwargs(args: EngineArgs, max_visual_tokens: int) -> dict[str, A
         kwargs["model"] = str(args.model_path)
     kwargs.setdefault("served_model_name", args.model_id)
     processor_kwargs = dict(kwargs.get("mm_processor_kwargs") or {})
-    processor_kwargs.setdefault("size", processor_size(max_visual_tokens))
+    processor_kwargs.setdefault("size", processor_size(args.max_visual_tokens))
     kwargs["mm_processor_kwargs"] = processor_kwargs
     return kwargs
 
@@ -142,9 +142,8 @@ class VllmEngine(Engine):
 
     name = "vllm"
 
-    def __init__(self, args: EngineArgs, max_visual_tokens: int = 1024) -> None:
+    def __init__(self, args: EngineArgs) -> None:
         self._args = args
-        self._max_visual_tokens = max_visual_tokens
         self._llm: Any = None
         self._tokenizer: Any = None
         self._figures = _SchedulerFigures()
@@ -166,7 +165,7 @@ class VllmEngine(Engine):
             raise ServiceUnavailable(
                 f"engine.kind 'vllm' needs vllm installed (pip install 'memeserve[gpu]'): {exc}"
             ) from exc
-        kwargs = build_engine_kwargs(self._args, self._max_visual_tokens)
+        kwargs = build_engine_kwargs(self._args)
         try:
             self._tokenizer = await asyncio.to_thread(
                 AutoTokenizer.from_pretrained, kwargs.get("tokenizer") or kwargs["model"]

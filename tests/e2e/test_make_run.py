@@ -75,6 +75,8 @@ def shipped_profile_on_free_port(name: str, directory: Path) -> Path:
     """A copy of a shipped profile on a free port (so a running `make run` is not disturbed)."""
     document = yaml.safe_load((ROOT / "autoscale_configs" / name).read_text("utf-8"))
     document["http_options"]["port"] = _free_port()
+    # Its own library file: one left by an earlier run would answer from the cache.
+    document["applications"][0]["args"]["cache"]["sqlite_path"] = str(directory / "library.db")
     path = directory / name
     path.write_text(yaml.safe_dump(document, allow_unicode=True), "utf-8")
     return path

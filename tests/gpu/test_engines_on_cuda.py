@@ -59,6 +59,7 @@ def test_vllm_engine_answers_schema_valid_json_and_aborts(gpu_model_dir: Path) -
         {
             "kind": "vllm",
             "model_path": str(gpu_model_dir),
+            "max_visual_tokens": 256,
             "vllm": {
                 "engine_kwargs": {
                     "max_model_len": 4096,
@@ -69,7 +70,7 @@ def test_vllm_engine_answers_schema_valid_json_and_aborts(gpu_model_dir: Path) -
             },
         }
     )
-    engine = create_engine(args, max_visual_tokens=256)
+    engine = create_engine(args)
 
     async def scenario() -> None:
         await engine.start()

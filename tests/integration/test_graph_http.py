@@ -235,7 +235,7 @@ def test_health_readiness_and_status(client: httpx.Client) -> None:
     assert ready["status"] == "ready" and ready["engine"] == "lite"
     status = client.get("/v1/status").json()
     assert status["engine"]["kind"] == "lite" and status["engine"]["ready"] is True
-    assert status["degradation"]["level"] == 0
+    assert status["degradation"]["level"] == 0 and status["degradation"]["name"] == "normal"
     assert status["cache"]["entries"] >= 1 and status["cache"]["hits"] >= 1
     assert set(status["replicas"]) == {
         "Ingress",
@@ -243,7 +243,9 @@ def test_health_readiness_and_status(client: httpx.Client) -> None:
         "VLMPool",
         "Structurer",
         "FingerprintStore",
+        "LoadController",
     }
+    assert status["degradation"]["controller"] == "off"  # the integration default
     assert all(d["status"] == "HEALTHY" for d in status["replicas"].values())
 
 

@@ -14,8 +14,20 @@ import httpx
 import pytest
 
 from loadtest.corpus import MemeSpec, meme_bytes
+from tests.support.levels import level_table
 
 BUDGET = 6000
+
+
+@pytest.fixture(scope="module")
+def controller_config() -> dict[str, Any]:
+    levels = level_table(
+        max_visual_tokens=64,
+        max_context_chars=100,
+        max_output_tokens=BUDGET,
+        explanation_max_chars=100,
+    )
+    return {"enabled": False, "levels": levels}
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +38,6 @@ def app_args(tiny_glm4v_dir: Path) -> dict[str, Any]:
             "model_path": str(tiny_glm4v_dir),
             "transformers": {"device": "cpu"},
         },
-        "levels": [
-            {
-                "level": level,
-                "name": str(level),
-                "max_visual_tokens": 64,
-                "max_context_chars": 100,
-                "max_output_tokens": BUDGET,
-                "explanation_max_chars": 100,
-            }
-            for level in range(4)
-        ],
         "request_timeout_s": 300,
     }
 

@@ -16,8 +16,17 @@ import pytest
 
 from loadtest.corpus import MemeSpec, corpus, meme_bytes
 from serve_app.schema import Analysis
+from tests.support.levels import level_table
 
 MAX_OUTPUT_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def controller_config() -> dict[str, Any]:
+    rows = level_table(max_context_chars=200, max_output_tokens=MAX_OUTPUT_TOKENS)
+    for row, tokens in zip(rows, (256, 64, 16, 16), strict=True):
+        row.update(max_visual_tokens=tokens, explanation_max_chars=100)
+    return {"enabled": False, "levels": rows}
 
 
 @pytest.fixture(scope="module")
@@ -30,22 +39,6 @@ def app_args(tiny_glm4v_dir: Path) -> dict[str, Any]:
             "model_path": str(tiny_glm4v_dir),
             "transformers": {"device": "cpu", "max_batch_size": 4, "batch_wait_timeout_s": 0.1},
         },
-        "levels": [
-            {
-                "level": level,
-                "name": name,
-                "max_visual_tokens": tokens,
-                "max_context_chars": 200,
-                "max_output_tokens": MAX_OUTPUT_TOKENS,
-                "explanation_max_chars": 100,
-            }
-            for level, name, tokens in (
-                (0, "normal", 256),
-                (1, "d", 64),
-                (2, "s", 16),
-                (3, "x", 16),
-            )
-        ],
     }
 
 

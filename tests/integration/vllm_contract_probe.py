@@ -21,7 +21,8 @@ import numpy as np
 import yaml
 from pydantic import TypeAdapter, ValidationError
 
-from serve_app.config import AppArgs
+from serve_app.config import AppArgs, ControllerUserConfig
+from serve_app.config_check import controller_config
 from serve_app.engines.base import EngineRequest
 from serve_app.engines.vllm_engine import build_engine_kwargs, sampling_params
 
@@ -56,11 +57,11 @@ def check_engine_kwargs(kwargs: dict[str, Any]) -> list[str]:
     return problems
 
 
-def check_levels(args: AppArgs) -> tuple[list[str], int]:
+def check_levels(args: AppArgs, controller: ControllerUserConfig) -> tuple[list[str], int]:
     """Problems building ``SamplingParams`` for each level; and how many were built."""
     problems: list[str] = []
     built = 0
-    for level in args.levels:
+    for level in controller.levels:
         request = EngineRequest(
             request_id=f"contract-{level.level}",
             image=np.zeros((28, 28, 3), dtype=np.uint8),
@@ -94,8 +95,8 @@ def check_file(path: Path) -> dict[str, Any]:
         args = AppArgs.model_validate(application.get("args") or {})
         if args.engine.kind != "vllm":
             continue
-        kwargs = build_engine_kwargs(args.engine, args.max_visual_tokens)
-        level_problems, built = check_levels(args)
+        kwargs = build_engine_kwargs(args.engine)
+        level_problems, built = check_levels(args, controller_config(application))
         report["applications"].append(
             {
                 "index": index,

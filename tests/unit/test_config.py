@@ -9,7 +9,7 @@ import yaml
 from pydantic import ValidationError
 
 from serve_app.cli import main
-from serve_app.config import AppArgs, StructurerUserConfig
+from serve_app.config import AppArgs, ControllerUserConfig, StructurerUserConfig
 from serve_app.config_check import check_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -17,9 +17,11 @@ SHIPPED = sorted((ROOT / "autoscale_configs").glob("*.yaml"))
 
 
 def test_defaults_are_valid_and_complete() -> None:
-    args = AppArgs()
-    assert [args.level(n).level for n in range(4)] == [0, 1, 2, 3]
-    assert args.level(0).max_visual_tokens == 1024
+    controller = ControllerUserConfig()
+    assert [controller.level(n).level for n in range(4)] == [0, 1, 2, 3]
+    assert controller.level(0).max_visual_tokens == 1024
+    assert controller.level(1).enter_load == 0.8  # the product promise: 80 % load
+    assert AppArgs().engine.max_visual_tokens == 1024
 
 
 def test_unknown_keys_are_errors_naming_the_field() -> None:
@@ -30,13 +32,48 @@ def test_unknown_keys_are_errors_naming_the_field() -> None:
 
 
 def test_levels_must_cover_zero_to_three() -> None:
-    row = AppArgs().level(0).model_dump()
+    row = ControllerUserConfig().level(0).model_dump()
     with pytest.raises(ValidationError, match=r"0\.\.3"):
-        AppArgs.model_validate({"levels": [row]})
+        ControllerUserConfig.model_validate({"levels": [row]})
+
+
+def _levels(**changes: dict[str, object]) -> list[dict[str, object]]:
+    rows = [row.model_dump() for row in ControllerUserConfig().levels]
+    for key, change in changes.items():
+        rows[int(key[1:])].update(change)
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"l1": {"leave_load": 0.9}}, "must be below enter_load"),
+        ({"l2": {"enter_load": 0.7, "leave_load": 0.5}}, "must be above level 1"),
+        ({"l0": {"enter_load": 0.5}}, "level 0 is where the controller rests"),
+        ({"l0": {"route": "reject"}}, "level 0 must route to the engine"),
+        ({"l3": {"enter_load": None}}, "level 3 needs enter_load and leave_load"),
+    ],
+)
+def test_level_thresholds_are_checked(changes: dict[str, dict[str, object]], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        ControllerUserConfig.model_validate({"levels": _levels(**changes)})
+
+
+def test_signals_merge_with_their_defaults_and_names_are_closed() -> None:
+    config = ControllerUserConfig.model_validate({"signals": {"cpu": {"enabled": True}}})
+    assert config.signals["cpu"].enabled and config.signals["cpu"].full_at == 1.0
+    assert config.signals["kv_cache"].enabled  # untouched defaults stay
+    with pytest.raises(ValidationError, match="gpu_utilisation"):
+        ControllerUserConfig.model_validate({"signals": {"gpu_utilisation": {}}})
+
+
+def test_the_redis_backend_needs_a_url() -> None:
+    with pytest.raises(ValidationError, match="redis_url"):
+        AppArgs.model_validate({"cache": {"backend": "redis"}})
 
 
 def test_every_field_is_described() -> None:
-    for model in (AppArgs, StructurerUserConfig):
+    for model in (AppArgs, StructurerUserConfig, ControllerUserConfig):
         for name, field in model.model_fields.items():
             assert field.description, f"{model.__name__}.{name} has no description"
 
@@ -80,6 +117,16 @@ def _dev_cpu() -> dict:  # type: ignore[type-arg]
         (
             lambda d: d["applications"][0]["deployments"][1].update(name="Preprocesor"),
             "applications[0].deployments[1].name",
+        ),
+        (
+            lambda d: d["applications"][0]["deployments"][5]["user_config"]["levels"][1].update(
+                leave_load=0.99
+            ),
+            "applications[0].deployments[5].user_config.levels[1]",
+        ),
+        (
+            lambda d: d["applications"][0]["deployments"][5]["user_config"].update(force=2),
+            "applications[0].deployments[5].user_config.force",
         ),
         (
             lambda d: d["applications"][0].update(import_path="other.app:build"),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from serve_app.config import AppArgs, EngineArgs
+from serve_app.config import ControllerUserConfig, EngineArgs
 from serve_app.engines import create_engine
 from serve_app.engines.vllm_engine import VllmEngine, build_engine_kwargs, sampling_kwargs
 from serve_app.errors import ServiceUnavailable
@@ -22,7 +22,7 @@ def vllm_args(**vllm: object) -> EngineArgs:
 
 
 def test_defaults_fill_in_what_production_relies_on() -> None:
-    kwargs = build_engine_kwargs(vllm_args(), max_visual_tokens=1024)
+    kwargs = build_engine_kwargs(vllm_args())
     assert kwargs["model"] == "/models/glm"
     assert kwargs["served_model_name"] == "glm"
     assert kwargs["enable_prefix_caching"] is True
@@ -42,7 +42,7 @@ def test_profile_values_win_over_defaults() -> None:
             "dtype": "float16",
         }
     )
-    kwargs = build_engine_kwargs(args, max_visual_tokens=256)
+    kwargs = build_engine_kwargs(args)
     assert kwargs["model"] == "/other" and kwargs["dtype"] == "float16"
     assert kwargs["enable_prefix_caching"] is False
     assert kwargs["mm_processor_kwargs"] == {
@@ -51,29 +51,14 @@ def test_profile_values_win_over_defaults() -> None:
     }
 
 
-def test_the_app_passes_its_largest_level_budget() -> None:
-    args = AppArgs.model_validate(
-        {
-            "engine": {"kind": "vllm", "model_path": "/m"},
-            "levels": [
-                {
-                    "level": n,
-                    "name": str(n),
-                    "max_visual_tokens": tokens,
-                    "max_context_chars": 10,
-                    "max_output_tokens": 32,
-                    "explanation_max_chars": 10,
-                }
-                for n, tokens in enumerate((512, 256, 64, 64))
-            ],
-        }
-    )
-    assert args.max_visual_tokens == 512
-    engine = create_engine(args.engine, args.max_visual_tokens)
+def test_the_engine_cap_is_the_configured_largest_budget() -> None:
+    args = EngineArgs.model_validate({"kind": "vllm", "model_path": "/m", "max_visual_tokens": 512})
+    assert build_engine_kwargs(args)["mm_processor_kwargs"] == {"size": processor_size(512)}
+    engine = create_engine(args)
     assert isinstance(engine, VllmEngine)
 
 
-@pytest.mark.parametrize("level", AppArgs().levels, ids=lambda row: row.name)
+@pytest.mark.parametrize("level", ControllerUserConfig().levels, ids=lambda row: row.name)
 def test_sampling_is_greedy_bounded_and_schema_constrained(level: object) -> None:
     from serve_app.config import LevelArgs
 

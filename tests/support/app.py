@@ -1,0 +1,120 @@
+"""The memeserve graph started in this process, for integration tests."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(base_url: str, timeout_s: float = 120.0) -> None:
+    """Poll /readyz (never sleep a fixed time for a server)."""
+    deadline = time.monotonic() + timeout_s
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(f"{base_url}/readyz", timeout=5)
+            if response.status_code == 200:
+                return
+            last = response.text
+        except httpx.HTTPError as exc:
+            last = exc
+        time.sleep(0.2)
+    raise TimeoutError(f"{base_url} not ready after {timeout_s}s: {last}")
+
+
+def with_own_library(args: dict[str, Any]) -> dict[str, Any]:
+    """``args`` with a fresh SQLite library file unless they name a backend location."""
+    cache = dict(args.get("cache") or {})
+    if cache.get("backend", "sqlite") == "sqlite" and "sqlite_path" not in cache:
+        # A library file per app: the default one in the working tree outlives test runs.
+        cache["sqlite_path"] = str(Path(tempfile.mkdtemp(prefix="memeserve-test-")) / "lib.db")
+    return {**args, "cache": cache}
+
+
+@contextlib.contextmanager
+def _ray_with_serve(port: int) -> Iterator[None]:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+    from ray import serve
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        yield
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def start_app(
+    args: dict[str, Any], controller_config: dict[str, Any] | None = None
+) -> Iterator[str]:
+    """Start Ray + the memeserve graph in this process (``serve.run``); yield its base URL."""
+    from ray import serve
+
+    from serve_app.app import build_graph
+
+    port = free_port()
+    with _ray_with_serve(port):
+        serve.run(
+            build_graph(with_own_library(args), controller_config),
+            name="memeserve",
+            route_prefix="/",
+            blocking=False,
+        )
+        base_url = f"http://127.0.0.1:{port}"
+        wait_ready(base_url)
+        yield base_url
+
+
+def serve_config(args: dict[str, Any], controller_config: dict[str, Any]) -> dict[str, Any]:
+    """A Serve config document for the graph, as an operator's YAML would hold it."""
+    return {
+        "applications": [
+            {
+                "name": "memeserve",
+                "route_prefix": "/",
+                "import_path": "serve_app.app:build_app",
+                "args": args,
+                "deployments": [{"name": "LoadController", "user_config": controller_config}],
+            }
+        ]
+    }
+
+
+def deploy(document: dict[str, Any]) -> None:
+    """Apply a config document the way ``serve deploy`` does (the controller's apply_config).
+
+    Unlike ``serve.run``, a change confined to ``user_config`` then reconfigures the
+    running replicas instead of replacing them.
+    """
+    from ray.serve.context import _get_global_client
+    from ray.serve.schema import ServeDeploySchema
+
+    client = _get_global_client()
+    assert client is not None, "Serve is not running"
+    client.deploy_apps(ServeDeploySchema.model_validate(document))
+
+
+def start_declarative(document: dict[str, Any]) -> Iterator[str]:
+    """Start the graph from a config document (as ``serve deploy``); yield its base URL."""
+    port = free_port()
+    with _ray_with_serve(port):
+        deploy(document)
+        base_url = f"http://127.0.0.1:{port}"
+        wait_ready(base_url)
+        yield base_url
