@@ -62,6 +62,12 @@ class FingerprintStore:
             except Exception:
                 logger.exception("fingerprint library sync failed")
 
+    def lookup_upload(self, upload: str, max_level: int) -> LibraryHit | None:
+        """The stored analysis for bytes already seen in this scope (no decoding), or None."""
+        if self._library is None:
+            return None
+        return self._library.lookup_upload(upload, max_level)
+
     def lookup(self, key: StoreKey, max_level: int) -> LibraryHit | None:
         """The stored analysis for ``key`` produced at ``max_level`` or better, or ``None``."""
         if self._library is None:

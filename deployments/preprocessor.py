@@ -15,10 +15,10 @@ from typing import Any
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from serve_app.fingerprint import Fingerprinter
 
 from serve_app.config import AppArgs
 from serve_app.degradation import LevelFollower, LevelState, shed_error
+from serve_app.fingerprint import Fingerprinter
 from serve_app.fingerprint_library import LibraryHit
 from serve_app.preprocessing import CacheHit, Prepared, build_request, key_upload
 from serve_app.request_context import configure_logging, set_request_id
@@ -53,14 +53,28 @@ class Preprocessor:
         return state
 
     async def prepare(
-        self, data: bytes, text: str | None, request_id: str, deadline: float | None
+        self,
+        data: bytes,
+        text: str | None,
+        request_id: str,
+        deadline: float | None,
+        upload: str | None = None,
     ) -> Prepared | CacheHit:
-        """Decode and key the upload; a stored analysis short-circuits the engine."""
+        """Decode and key the upload; a stored analysis short-circuits the engine.
+
+        ``upload`` is the ingress's :func:`~serve_app.fingerprint_library.upload_key`;
+        a hit remembers it, so the same bytes sent again skip this step.
+        """
         set_request_id(request_id)
         # Decoding and hashing are CPU work (Pillow and numpy release the GIL): keep the
         # event loop free.
         keyed = await asyncio.to_thread(
-            key_upload, data, text, args=self._args, fingerprinter=self._fingerprinter
+            key_upload,
+            data,
+            text,
+            args=self._args,
+            fingerprinter=self._fingerprinter,
+            upload=upload,
         )
         row = self._levels.state.row
         if self._args.cache.enabled:

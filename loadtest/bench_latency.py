@@ -6,7 +6,11 @@ already running service with ``--url``), then prints, in one run:
 * time from start to ready (``/readyz`` answering 200);
 * the engine path: ``--requests`` distinct memes, one at a time — p50/p95/max of
   the client-observed round trip and the server's own stage timings;
-* the cache-hit path: the same memes again (exact repeats);
+* the cache-hit paths: the same memes again (exact repeats), then re-encoded copies
+  (near repeats, answered by the fingerprint library);
+* a repeat mix: 100 requests of which ~40 % repeat an earlier meme in a transformed
+  form (every transform of ``loadtest/transforms.py``) — engine calls saved, and hits
+  on fresh memes (which would be wrong answers);
 * a concurrent burst: throughput at ``--concurrency`` clients.
 
 Figures go to stdout and, as JSON, to ``artifacts/bench_latency.json``.
@@ -18,6 +22,7 @@ import argparse
 import concurrent.futures
 import json
 import os
+import random
 import signal
 import socket
 import statistics
@@ -31,7 +36,8 @@ from typing import Any
 import httpx
 import yaml
 
-from loadtest.corpus import corpus, meme_bytes
+from loadtest.corpus import MemeSpec, corpus, draw_meme, encode, meme_bytes
+from loadtest.transforms import INFORMATIVE_TRANSFORMS, TRANSFORMS, apply
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,13 +121,21 @@ def run(url: str, requests: int, concurrency: int, seed: int) -> dict[str, Any]:
         hits = []
         for data, text in payloads:
             elapsed, body = post(client, data, text)
-            if not body["meta"]["cache"]["hit"]:
-                raise RuntimeError("a repeat was not a cache hit")
+            if body["meta"]["cache"]["match"] != "exact":
+                raise RuntimeError("a byte-identical repeat was not an exact hit")
             hits.append(elapsed)
+        near = []
+        for spec in specs:
+            copy = encode(apply("jpeg_q60", draw_meme(spec), seed), "JPEG", quality=95)
+            elapsed, body = post(client, copy, spec.top)
+            if body["meta"]["cache"]["match"] == "near":
+                near.append(elapsed)
+        results["repeat_mix"] = repeat_mix(client, seed)
     results["engine_path_ms"] = summarise(fresh)
     results["engine_stage_ms"] = summarise(engine_ms)
     results["preprocess_stage_ms"] = summarise(preprocess_ms)
     results["cache_hit_ms"] = summarise(hits)
+    results["near_hit_ms"] = summarise(near) if near else {"n": 0}
 
     burst = [
         (meme_bytes(spec, "JPEG", quality=88), spec.top)
@@ -143,6 +157,51 @@ def run(url: str, requests: int, concurrency: int, seed: int) -> dict[str, Any]:
         **summarise(latencies),
     }
     return results
+
+
+def repeat_mix(
+    client: httpx.Client, seed: int, count: int = 100, share: float = 0.4
+) -> dict[str, Any]:
+    """Traffic where ``share`` of requests repeat an earlier meme in transformed form.
+
+    Every transform the library is built for (not the informative harsher crop) is
+    drawn at random; an engine call is a response that was not a cache hit.
+    """
+    rng = random.Random(seed)
+    names = [name for name in TRANSFORMS if name not in INFORMATIVE_TRANSFORMS]
+    specs = corpus(count, seed=seed + 17)
+    sent: list[MemeSpec] = []
+    fresh = repeats = engine_calls = repeats_answered = false_hits = 0
+    by_transform: dict[str, list[int]] = {}
+    for index in range(count):
+        if sent and rng.random() < share:
+            spec = rng.choice(sent)
+            name = rng.choice(names)
+            data = encode(apply(name, draw_meme(spec), seed + index), "PNG")
+            _, body = post(client, data, spec.top)
+            repeats += 1
+            hit = body["meta"]["cache"]["hit"]
+            repeats_answered += hit
+            by_transform.setdefault(name, [0, 0])[0] += 1
+            by_transform[name][1] += hit
+        else:
+            spec = specs[index]
+            sent.append(spec)
+            _, body = post(client, meme_bytes(spec, "JPEG", quality=88), spec.top)
+            fresh += 1
+            hit = body["meta"]["cache"]["hit"]
+            false_hits += hit  # every fresh meme is a new template: a hit would be wrong
+        engine_calls += not hit
+    return {
+        "requests": count,
+        "fresh": fresh,
+        "transformed_repeats": repeats,
+        "engine_calls": engine_calls,
+        "engine_calls_saved": repeats_answered,
+        "saved_share_of_repeats": round(repeats_answered / repeats, 3) if repeats else None,
+        "false_hits_on_fresh": false_hits,
+        "by_transform": {name: {"sent": n, "hits": h} for name, (n, h) in by_transform.items()},
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,9 +236,13 @@ def main(argv: list[str] | None = None) -> int:
         ("engine_path_ms", "engine path (round trip)"),
         ("engine_stage_ms", "  engine stage"),
         ("preprocess_stage_ms", "  preprocess stage"),
-        ("cache_hit_ms", "cache hit (round trip)"),
+        ("cache_hit_ms", "exact hit (round trip)"),
+        ("near_hit_ms", "near hit (round trip)"),
     ):
         row = results[name]
+        if not row["n"]:
+            print(f"  {label:26s} none")
+            continue
         print(
             f"  {label:26s} p50 {row['p50']:7.1f} ms  p95 {row['p95']:7.1f} ms  "
             f"max {row['max']:7.1f} ms  (n={row['n']})"
@@ -189,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         f"  burst x{burst['concurrency']:<3d} {burst['requests']:3d} req     "
         f"{burst['throughput_rps']:6.2f} req/s  "
         f"p50 {burst['p50']:.1f} ms  p95 {burst['p95']:.1f} ms"
+    )
+    mix = results["repeat_mix"]
+    print(
+        f"  repeat mix: {mix['requests']} requests, {mix['transformed_repeats']} transformed "
+        f"repeats -> {mix['engine_calls']} engine calls; {mix['engine_calls_saved']} saved "
+        f"({mix['saved_share_of_repeats']:.0%} of repeats), "
+        f"{mix['false_hits_on_fresh']} hits on fresh memes"
     )
     print(
         "  (lite engine: OCR + lexicon on CPU; no language model, so DESIGN.md §5's "

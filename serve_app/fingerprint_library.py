@@ -53,12 +53,19 @@ def scope_of(context: str, model: str, prompt_version: str) -> str:
     return f"{digest}:{model}:{prompt_version}"
 
 
+def upload_key(data: bytes, scope: str) -> str:
+    """The key of the upload's bytes in ``scope``: the ingress's shortcut for resent files."""
+    return f"{hashlib.blake2b(data, digest_size=16).hexdigest()}:{scope}"
+
+
 @dataclass(frozen=True)
 class StoreKey:
     """Where one request's answer lives: its image fingerprint and its scope."""
 
     fingerprint: Fingerprint
     scope: str
+    upload: str | None = None
+    """:func:`upload_key` of the bytes this key was computed from, if known."""
 
     @property
     def entry_id(self) -> str:
@@ -86,6 +93,13 @@ class _Entry:
     level: int
     stored_at: float
     size: int
+    uploads: list[str]
+    """Upload keys that lead to this entry (the in-memory shortcut for resent bytes)."""
+
+
+# Upload keys remembered per entry; the first few variants of a meme are the common ones.
+_UPLOADS_PER_ENTRY = 8
+_UPLOAD_KEY_BYTES = 200
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,7 @@ class LibraryStats:
     bytes: int
     max_bytes: int
     lookups: int
+    upload_hits: int
     exact_hits: int
     near_hits: int
     misses: int
@@ -123,6 +138,7 @@ class LibraryStats:
             "max_bytes": self.max_bytes,
             "lookups": self.lookups,
             "hits": self.hits,
+            "upload_hits": self.upload_hits,
             "exact_hits": self.exact_hits,
             "near_hits": self.near_hits,
             "misses": self.misses,
@@ -159,15 +175,40 @@ class FingerprintLibrary:
         self._lock = threading.Lock()
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._by_item: dict[int, str] = {}
+        self._uploads: dict[str, tuple[str, Literal["exact", "near"], int]] = {}
         self._index = HammingIndex(max_radius=max(1, fingerprinter.params.coarse_radius))
         self._next_item = 0
         self._bytes = 0
         self._cursor = 0
-        self._lookups = self._exact_hits = self._near_hits = self._misses = 0
+        self._lookups = self._upload_hits = self._exact_hits = self._near_hits = 0
+        self._misses = 0
         self._degraded_skips = self._stores = self._evictions = self._expired = 0
         self._backend_errors = 0
 
     # -- lookup ---------------------------------------------------------------------------
+
+    def lookup_upload(self, upload: str, max_level: int = 0) -> LibraryHit | None:
+        """The answer for bytes already seen in this scope, without decoding them; or None.
+
+        A miss here is not counted: the full :meth:`lookup` follows it.
+        """
+        now = self._clock()
+        with self._lock:
+            known = self._uploads.get(upload)
+            if known is None:
+                return None
+            entry_id, match, distance = known
+            entry = self._live(entry_id, now)
+            if entry is None or entry.level > max_level:
+                return None
+            self._entries.move_to_end(entry_id)
+            self._lookups += 1
+            self._upload_hits += 1
+            if match == "exact":
+                self._exact_hits += 1
+            else:
+                self._near_hits += 1
+            return LibraryHit(entry.analysis, entry.level, match, distance)
 
     def lookup(self, key: StoreKey, max_level: int = 0) -> LibraryHit | None:
         """The best stored answer for ``key`` produced at ``max_level`` or better, or None."""
@@ -178,21 +219,40 @@ class FingerprintLibrary:
             entry = self._live(key.entry_id, now)
             if entry is not None:
                 if entry.level <= max_level:
-                    self._entries.move_to_end(entry.entry_id)
                     self._exact_hits += 1
-                    return LibraryHit(entry.analysis, entry.level, "exact", 0)
+                    return self._hit(entry, key, "exact", 0)
                 degraded = True
             if self.near:
                 best = self._nearest(key, max_level, now)
                 if best is not None:
-                    entry, distance = best
-                    self._entries.move_to_end(entry.entry_id)
                     self._near_hits += 1
-                    return LibraryHit(entry.analysis, entry.level, "near", distance)
+                    return self._hit(best[0], key, "near", best[1])
             self._misses += 1
             if degraded:
                 self._degraded_skips += 1
             return None
+
+    def _hit(
+        self, entry: _Entry, key: StoreKey, match: Literal["exact", "near"], distance: int
+    ) -> LibraryHit:
+        self._entries.move_to_end(entry.entry_id)
+        if key.upload is not None:
+            self._remember_upload(entry, key.upload, match, distance)
+        return LibraryHit(entry.analysis, entry.level, match, distance)
+
+    def _remember_upload(
+        self, entry: _Entry, upload: str, match: Literal["exact", "near"], distance: int
+    ) -> None:
+        if (
+            upload in self._uploads
+            or len(entry.uploads) >= _UPLOADS_PER_ENTRY
+            or entry.entry_id not in self._entries
+        ):
+            return
+        self._uploads[upload] = (entry.entry_id, match, distance)
+        entry.uploads.append(upload)
+        entry.size += _UPLOAD_KEY_BYTES
+        self._bytes += _UPLOAD_KEY_BYTES
 
     def _nearest(self, key: StoreKey, max_level: int, now: float) -> tuple[_Entry, int] | None:
         radius = self.fingerprinter.params.coarse_radius
@@ -235,7 +295,9 @@ class FingerprintLibrary:
                 stored_at=now,
                 source=source,
             )
-            self._insert(record, key.fingerprint)
+            entry = self._insert(record, key.fingerprint)
+            if key.upload is not None:
+                self._remember_upload(entry, key.upload, "exact", 0)
             self._stores += 1
         try:
             self.backend.put(record)
@@ -245,7 +307,7 @@ class FingerprintLibrary:
             logger.warning("library backend unavailable; kept in memory only: %s", exc)
         return True
 
-    def _insert(self, record: LibraryRecord, fingerprint: Fingerprint) -> None:
+    def _insert(self, record: LibraryRecord, fingerprint: Fingerprint) -> _Entry:
         existing = self._entries.get(record.entry_id)
         if existing is not None:
             self._drop(existing)
@@ -266,14 +328,18 @@ class FingerprintLibrary:
             level=record.level,
             stored_at=record.stored_at,
             size=size,
+            uploads=[],
         )
         self._entries[record.entry_id] = entry
         self._by_item[item] = record.entry_id
         self._index.add(item, fingerprint.coarse)
         self._bytes += size
         self._evict()
+        return entry
 
     def _drop(self, entry: _Entry) -> None:
+        for upload in entry.uploads:
+            self._uploads.pop(upload, None)
         del self._entries[entry.entry_id]
         del self._by_item[entry.item]
         self._index.remove(entry.item)
@@ -338,6 +404,7 @@ class FingerprintLibrary:
                 bytes=self._bytes + self._index.approx_bytes(),
                 max_bytes=self.max_bytes,
                 lookups=self._lookups,
+                upload_hits=self._upload_hits,
                 exact_hits=self._exact_hits,
                 near_hits=self._near_hits,
                 misses=self._misses,

@@ -37,9 +37,9 @@ from serve_app.errors import (
     ServiceUnavailable,
     UnsupportedMediaType,
 )
-from serve_app.fingerprint_library import StoreKey
+from serve_app.fingerprint_library import StoreKey, upload_key
 from serve_app.http_errors import error_parts, error_response, install_error_handlers
-from serve_app.preprocessing import CacheHit, Prepared
+from serve_app.preprocessing import CacheHit, Prepared, request_scope
 from serve_app.request_context import (
     choose_request_id,
     configure_logging,
@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 # Multipart boundaries and base64 inflate the body; allow for it over the image limit.
 _BODY_OVERHEAD_RATIO = 4 / 3
 _BODY_OVERHEAD_BYTES = 64 * 1024
+# Uploads larger than this are hashed on a worker thread, not on the event loop.
+_HASH_INLINE_BYTES = 256 * 1024
 
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": description}
@@ -493,7 +495,7 @@ class Ingress:
         self, data: bytes, text: str | None, request_id: str, started: float, timeout: float
     ) -> AsyncIterator[bytes]:
         deadline = time.time() + timeout
-        prepared = await self._preprocessor.prepare.remote(data, text, request_id, deadline)
+        prepared = await self._prepare(data, text, request_id, deadline)
         if isinstance(prepared, CacheHit):
             result = _from_cache(prepared)
             yield sse("cache", result["meta"]["cache"])
@@ -532,7 +534,7 @@ class Ingress:
     async def _run_graph(
         self, data: bytes, text: str | None, request_id: str, deadline: float
     ) -> dict[str, Any]:
-        prepared = await self._preprocessor.prepare.remote(data, text, request_id, deadline)
+        prepared = await self._prepare(data, text, request_id, deadline)
         if isinstance(prepared, CacheHit):
             return _from_cache(prepared)
         # The DeploymentResponse goes straight to the Structurer as a top-level argument.
@@ -541,6 +543,32 @@ class Ingress:
             output, self._structure_context(prepared, request_id), self._cache_key(prepared)
         )
         return analysis
+
+    async def _prepare(
+        self, data: bytes, text: str | None, request_id: str, deadline: float
+    ) -> Prepared | CacheHit:
+        """Bytes sent before are answered by the store directly; the rest is preprocessed."""
+        if not self._args.cache.enabled:
+            return await self._preprocessor.prepare.remote(data, text, request_id, deadline)
+        started = time.perf_counter()
+        scope = request_scope(text, self._args)
+        if len(data) > _HASH_INLINE_BYTES:  # keep the event loop free for big uploads
+            upload = await asyncio.to_thread(upload_key, data, scope)
+        else:
+            upload = upload_key(data, scope)
+        hit = await self._store.lookup_upload.remote(upload, self._levels.state.level)
+        if hit is not None:
+            return CacheHit(
+                analysis=hit.analysis,
+                level=hit.level,
+                preprocess_ms=(time.perf_counter() - started) * 1000.0,
+                match=hit.match,
+                distance=hit.distance,
+            )
+        prepared: Prepared | CacheHit = await self._preprocessor.prepare.remote(
+            data, text, request_id, deadline, upload
+        )
+        return prepared
 
     def _cache_key(self, prepared: Prepared) -> StoreKey | None:
         return prepared.key if self._args.cache.enabled else None

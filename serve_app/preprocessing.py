@@ -68,8 +68,18 @@ def limits_from(args: AppArgs) -> Limits:
     )
 
 
+def request_scope(text: str | None, args: AppArgs) -> str:
+    """The library scope of a request: its normalised context, the model, the prompt."""
+    return scope_of(normalise_context(text), args.engine.model_name, args.prompt_version)
+
+
 def key_upload(
-    data: bytes, text: str | None, *, args: AppArgs, fingerprinter: Fingerprinter
+    data: bytes,
+    text: str | None,
+    *,
+    args: AppArgs,
+    fingerprinter: Fingerprinter,
+    upload: str | None = None,
 ) -> Keyed:
     """Validate and decode the upload and fingerprint it.
 
@@ -86,6 +96,7 @@ def key_upload(
     key = StoreKey(
         fingerprint=fingerprinter.fingerprint(decoded.image),
         scope=scope_of(context, args.engine.model_name, args.prompt_version),
+        upload=upload,
     )
     return Keyed(decoded=decoded, context=context, key=key, started=started)
 

@@ -58,12 +58,15 @@ def test_an_exact_repeat_is_an_exact_hit(client: httpx.Client, original: dict[st
 def test_a_reencoded_resized_copy_is_a_near_hit(
     client: httpx.Client, original: dict[str, Any]
 ) -> None:
-    copy = analyse(client, resized_jpeg(draw_meme(SPEC), 0.5, 60))
+    data = resized_jpeg(draw_meme(SPEC), 0.5, 60)
+    copy = analyse(client, data)
     cache = copy["meta"]["cache"]
     assert cache["hit"] is True and cache["match"] == "near"
     assert isinstance(cache["distance"], int) and cache["distance"] >= 0
     assert {k: copy[k] for k in LABELS} == {k: original[k] for k in LABELS}
     assert copy["meta"]["timings_ms"]["engine"] == 0.0
+    # The same copy sent again is known by its bytes: the same answer, the same match.
+    assert analyse(client, data)["meta"]["cache"] == cache
 
 
 def test_the_same_template_with_another_caption_is_a_miss(
@@ -95,6 +98,7 @@ def test_status_shows_the_library_figures(client: httpx.Client, app_args: dict[s
     assert cache["exact_hits"] >= 3 and cache["near_hits"] >= 2
     assert cache["misses"] >= 3 and cache["entries"] >= 3
     assert cache["hits"] == cache["exact_hits"] + cache["near_hits"]
+    assert cache["upload_hits"] >= 3  # resent bytes answered before any decoding
     assert 0 < cache["hit_ratio"] < 1
     assert cache["backend"]["kind"] == "sqlite"
     assert Path(app_args["cache"]["sqlite_path"]).exists()

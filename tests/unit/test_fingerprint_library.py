@@ -11,7 +11,7 @@ from PIL import Image
 
 from loadtest.corpus import MemeSpec, draw_meme
 from serve_app.fingerprint import Fingerprinter
-from serve_app.fingerprint_library import FingerprintLibrary, StoreKey, scope_of
+from serve_app.fingerprint_library import FingerprintLibrary, StoreKey, scope_of, upload_key
 from serve_app.library_backends import (
     LibraryBackend,
     LibraryRecord,
@@ -188,3 +188,24 @@ def test_a_lost_backend_keeps_serving_from_memory() -> None:
     assert lib.store(key_of(MEME), analysis("x"), level=0)
     assert lib.lookup(key_of(MEME)) is not None
     assert lib.stats().backend_errors == 1
+
+
+def test_resent_bytes_are_answered_by_their_upload_key() -> None:
+    lib = library(max_entries=1)
+    stored = StoreKey(key_of(MEME).fingerprint, SCOPE, upload=upload_key(b"original", SCOPE))
+    lib.store(stored, analysis("original"), level=2)
+    first = lib.lookup_upload(upload_key(b"original", SCOPE), max_level=2)
+    assert first is not None and (first.match, first.distance) == ("exact", 0)
+    assert lib.lookup_upload(upload_key(b"original", SCOPE), max_level=0) is None  # degraded
+    assert lib.lookup_upload(upload_key(b"original", "other scope"), max_level=2) is None
+    copy = jpeg_copy(MEME)
+    copy_key = StoreKey(key_of(copy).fingerprint, SCOPE, upload=upload_key(b"copy", SCOPE))
+    assert lib.lookup_upload(upload_key(b"copy", SCOPE), max_level=2) is None
+    near = lib.lookup(copy_key, max_level=2)  # the full lookup remembers the copy's bytes
+    assert near is not None and near.match == "near"
+    again = lib.lookup_upload(upload_key(b"copy", SCOPE), max_level=2)
+    assert again is not None and (again.match, again.distance) == ("near", near.distance)
+    assert lib.stats().upload_hits == 2
+    # Evicting the entry forgets its upload keys too.
+    lib.store(key_of(OTHER_CAPTION), analysis("other"), level=0)
+    assert lib.lookup_upload(upload_key(b"original", SCOPE), max_level=3) is None
