@@ -9,14 +9,20 @@ and dHash baselines at their customary threshold (Hamming ≤ 10 of 64 bits), it
 
 * recall per transform: the query matches the original it came from;
 * caption false merges: a query (an original or any transformed copy) matches the
-  original of a *different caption on the same template*;
-* template false merges: a match to an original of another template;
+  original of a *different caption on the same template*; for the cropping transforms
+  also the other way round (the cropped copy stored, the other caption's original as the
+  query), so a crop cannot open a hole in either direction;
+* template false merges: a match to an original of another template (cropped copies
+  again both ways round);
 * fingerprint µs/image (median);
 * :class:`HammingIndex` lookup µs (median, p99) at 10**5 and 10**6 codes (random codes +
   the corpus codes), next to a brute-force numpy scan.
 
 Targets: recall ≥ 0.95 on every transform but crop (≥ 0.8), zero caption false merges,
-index p99 ≤ 1 ms at 10**6. Writes JSON (default ``artifacts/bench_dedupe.json``).
+index p99 ≤ 1 ms at 10**6. ``crop_5pct`` removes up to 5 % of each dimension in total (the
+issue's "crops up to ~5 %"); ``crop_5pct_each_side`` (up to 5 % off *each* side, so up to
+10 % per axis) is reported with its own recall but has no target ("—").
+Writes JSON (default ``artifacts/bench_dedupe.json``).
 """
 
 from __future__ import annotations
@@ -37,7 +43,14 @@ import numpy as np
 from PIL import Image
 
 from loadtest.corpus import CAPTIONS, MemeSpec, draw_meme
-from loadtest.transforms import CROP_TRANSFORMS, GROUPS, TRANSFORMS, apply
+from loadtest.transforms import (
+    CROP_TRANSFORMS,
+    CROPPING_TRANSFORMS,
+    GROUPS,
+    INFORMATIVE_TRANSFORMS,
+    TRANSFORMS,
+    apply,
+)
 from serve_app.fingerprint import Fingerprint, Fingerprinter, hamming
 from serve_app.hamming_index import HammingIndex
 
@@ -121,6 +134,7 @@ def evaluate(
     hits: dict[str, list[bool]] = {n: [] for n in TRANSFORMS}
     caption_pairs = caption_merges = template_pairs = template_merges = 0
     examples: list[str] = []
+    crop_pairs = crop_merges = 0
     for sample, key in query_keys:
         for (template, variant), original in stored.items():
             own = template == sample.template and variant == sample.variant
@@ -134,9 +148,21 @@ def evaluate(
                 caption_merges += matched
                 if matched and len(examples) < 5:
                     examples.append(f"{sample} ~ variant {variant}")
+                if sample.transform in CROPPING_TRANSFORMS:
+                    # The other way round: the cropped copy is what the store holds.
+                    reverse = match(original, key)
+                    crop_pairs += 2
+                    crop_merges += matched + reverse
+                    caption_pairs += 1
+                    caption_merges += reverse
+                    if reverse and len(examples) < 5:
+                        examples.append(f"variant {variant} ~ stored {sample}")
             else:
                 template_pairs += 1
                 template_merges += matched
+                if sample.transform in CROPPING_TRANSFORMS:
+                    template_pairs += 1
+                    template_merges += match(original, key)
     recall = {n: sum(h) / len(h) for n, h in hits.items()}
     return {
         "method": name,
@@ -145,6 +171,8 @@ def evaluate(
         "caption_false_merges": caption_merges,
         "caption_false_merge_rate": caption_merges / max(1, caption_pairs),
         "caption_false_merge_examples": examples,
+        "cropped_caption_pairs": crop_pairs,
+        "cropped_caption_false_merges": crop_merges,
         "template_pairs": template_pairs,
         "template_false_merges": template_merges,
         "template_false_merge_rate": template_merges / max(1, template_pairs),
@@ -285,6 +313,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(report.values()) else 1
 
 
+def _recall_goal(transform: str) -> float | None:
+    """The recall target of ``transform``; None for the informative-only rows."""
+    if transform in INFORMATIVE_TRANSFORMS:
+        return None
+    return CROP_RECALL_TARGET if transform in CROP_TRANSFORMS else RECALL_TARGET
+
+
 def _report(
     methods: dict[str, Any],
     coarse: dict[str, list[int]],
@@ -296,13 +331,18 @@ def _report(
     print(
         f"{'group':10s} {'transform':20s}"
         + "".join(f"{n:>12s}" for n in names)
-        + "  coarse d med/max"
+        + "  coarse d med/max  target"
     )
     for group, members in GROUPS.items():
         for t in members:
             row = "".join(f"{methods[n]['recall'][t]:12.3f}" for n in names)
             c = coarse[t]
-            print(f"{group:10s} {t:20s}{row}  {statistics.median(c):5.1f} / {max(c):2d}")
+            goal = _recall_goal(t)
+            target = "—" if goal is None else f"≥ {goal}"
+            print(
+                f"{group:10s} {t:20s}{row}  {statistics.median(c):5.1f} / {max(c):2d}"
+                f"       {target}"
+            )
     print()
     for label, key in (
         ("caption false merges", "caption_false_merges"),
@@ -311,6 +351,11 @@ def _report(
         pairs = key.replace("false_merges", "pairs")
         cells = "".join(f"{methods[n][key]:>6d}/{methods[n][pairs]:<5d}" for n in names)
         print(f"{label:31s}{cells}")
+    cells = "".join(
+        f"{methods[n]['cropped_caption_false_merges']:>6d}/{methods[n]['cropped_caption_pairs']:<5d}"
+        for n in names
+    )
+    print(f"{'  of which cropped, both ways':31s}{cells}")
     print(
         f"{'fingerprint µs/image (median)':31s}"
         + "".join(f"{methods[n]['us_per_image_median']:12.0f}" for n in names)
@@ -337,8 +382,9 @@ def _report(
     ours = methods["fingerprint"]
     targets: dict[str, bool] = {}
     for t, value in ours["recall"].items():
-        goal = CROP_RECALL_TARGET if t in CROP_TRANSFORMS else RECALL_TARGET
-        targets[f"recall {t} ≥ {goal}"] = value >= goal
+        goal = _recall_goal(t)
+        if goal is not None:
+            targets[f"recall {t} ≥ {goal}"] = value >= goal
     targets["zero caption false merges"] = ours["caption_false_merges"] == 0
     big = [r for r in index_results if r["entries"] == 1_000_000]
     targets[f"lookup p99 ≤ {LOOKUP_P99_TARGET_US:.0f} µs at 10^6"] = bool(big) and all(

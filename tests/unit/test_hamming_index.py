@@ -136,3 +136,19 @@ def test_approx_bytes_scales_with_entries() -> None:
     large.add_many(np.arange(100_000), np.arange(100_000, dtype=np.uint64))
     assert 0 < small.approx_bytes() < large.approx_bytes()
     assert large.approx_bytes() > 100_000 * 8 * 4
+
+
+def test_large_radius_plan_and_tail_stay_exact() -> None:
+    """Radii past max_radius scan; probes of every radius share the cached plans."""
+    rng = random.Random(5)
+    index = HammingIndex(max_radius=16)  # five blocks of unequal width
+    assert index.blocks == 5
+    items = {i: rng.getrandbits(64) for i in range(6000)}
+    index.add_many(list(items), list(items.values()))
+    for i in range(6000, 6300):  # unindexed tail
+        items[i] = _flip(items[i - 6000], rng.randrange(0, 10), rng)
+        index.add(i, items[i])
+    for q in range(40):
+        query = _flip(items[q * 150], rng.randrange(0, 18), rng)
+        for radius in (0, 3, 9, 16, 20):
+            assert index.search(query, radius) == _brute(items, query, radius)
