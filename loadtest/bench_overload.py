@@ -1,0 +1,907 @@
+"""`make bench-overload`: ~3x overload with the load controller off, then on.
+
+The demonstration of the load controller (DESIGN.md §2) on the machine at hand:
+
+* phase 0, calibration (skipped with ``--rate``): a closed loop at concurrency 4 on
+  the controller-OFF service measures the sustained throughput (successes/s); the
+  overload rate is ``--factor`` times that;
+* one phase per ``--phases`` entry (default ``off,on``): a fresh service on a copy of
+  the profile (free port, in-memory cache, ``LoadController.user_config.enabled``
+  false or true), a short closed-loop warm-up, then open-loop Poisson arrivals at the
+  overload rate for ``--duration`` seconds of distinct memes (no cache hits), while
+  ``GET /v1/status`` is polled every 0.5 s into a timeline.
+
+It prints, per phase: requests sent, answers by status, client timeouts, throughput,
+latency percentiles, the share of 200s per degradation level, refusals lacking
+``Retry-After``, the time back to level 0 and the level timeline. Everything goes to
+``artifacts/bench_overload.json``. One run, no assertions on timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import copy
+import json
+import os
+import random
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from loadtest.bench_latency import percentile
+from loadtest.corpus import corpus, meme_bytes
+
+ROOT = Path(__file__).resolve().parents[1]
+ANALYZE = "/v1/memes/analyze"
+STATUS = "/v1/status"
+CLIENT_TIMEOUT_S = 75.0  # above the service's 60 s request deadline
+POLL_PERIOD_S = 0.5
+CLIENT_SHARDS = 16
+RECOVERY_LIMIT_S = 30.0
+DRAIN_LIMIT_S = CLIENT_TIMEOUT_S + 15.0
+SETTLE_LIMIT_S = 30.0
+STOP_TIMEOUT_S = 120.0
+SHED_STATUSES = (429, 503)
+# Lines of `serve run`'s log that mean the application will never become ready.
+DEPLOY_FAILURE = re.compile(r"Exception importing application|Deploying app '[^']*' failed")
+RAY_MARKERS = ("raylet", "gcs_server", "ray::", "ray/_private", "ray/dashboard", "ray.serve")
+
+
+# ----------------------------------------------------------------------------- records
+
+
+@dataclass
+class Outcome:
+    """One open-loop request, as the client saw it."""
+
+    sent_s: float  # since the start of the arrivals
+    latency_ms: float | None = None  # None: no HTTP answer
+    status: int | None = None
+    failure: str | None = None  # "timeout" or "connection" when there was no answer
+    retry_after: bool = False
+    level: int | None = None  # meta.degradation_level of a 200
+    cache_hit: bool = False
+    error_code: str | None = None
+    send_lag_ms: float = 0.0  # how late the client sent it against the schedule
+
+
+@dataclass
+class Sample:
+    """One ``GET /v1/status`` poll."""
+
+    t_s: float
+    ok: bool
+    poll_ms: float
+    level: int | None = None
+    load: float | None = None
+    dominant: str | None = None
+    in_flight: int | None = None
+    replicas: dict[str, int] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def poisson_schedule(rate: float, duration_s: float, seed: int) -> list[float]:
+    """Send offsets (s) of a Poisson process at ``rate``/s over ``duration_s``, seeded."""
+    if rate <= 0 or duration_s <= 0:
+        return []
+    rng = random.Random(seed)
+    offsets: list[float] = []
+    t = rng.expovariate(rate)
+    while t < duration_s:
+        offsets.append(t)
+        t += rng.expovariate(rate)
+    return offsets
+
+
+def outcome_key(outcome: Outcome) -> str:
+    """The category an outcome is counted under: the status, or the client failure."""
+    if outcome.status is not None:
+        return str(outcome.status)
+    return f"client_{outcome.failure or 'error'}"
+
+
+def latency_summary(values: Sequence[float]) -> dict[str, float | int | None]:
+    """n, p50, p95, p99 and max (ms, one decimal) of ``values``; None figures if empty."""
+    if not values:
+        return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    return {
+        "n": len(values),
+        "p50": round(statistics.median(values), 1),
+        "p95": round(percentile(list(values), 95), 1),
+        "p99": round(percentile(list(values), 99), 1),
+        "max": round(max(values), 1),
+    }
+
+
+def level_shares(outcomes: Iterable[Outcome]) -> dict[str, float]:
+    """Share (0..1) of the 200s answered at each degradation level, keyed ``L0``...``L3``."""
+    levels = Counter(
+        "L?" if o.level is None else f"L{o.level}" for o in outcomes if o.status == 200
+    )
+    total = sum(levels.values())
+    return {key: round(levels[key] / total, 4) for key in sorted(levels)} if total else {}
+
+
+def summarise_phase(outcomes: Sequence[Outcome], duration_s: float) -> dict[str, Any]:
+    """Counts, throughput and latency figures of one phase's outcomes."""
+    ok = [o for o in outcomes if o.status == 200]
+    answered = [o for o in outcomes if o.status is not None]
+    finished = [o.sent_s + (o.latency_ms or 0.0) / 1000.0 for o in answered]
+    wall_s = max([duration_s, *finished])
+    ok_in_window = sum(1 for o in ok if o.sent_s + (o.latency_ms or 0) / 1000 <= duration_s)
+    shed = [o for o in outcomes if o.status in SHED_STATUSES]
+    return {
+        "sent": len(outcomes),
+        "ok": len(ok),
+        "by_status": dict(sorted(Counter(outcome_key(o) for o in outcomes).items())),
+        "error_codes": dict(
+            sorted(Counter(o.error_code for o in outcomes if o.error_code).items())
+        ),
+        "wall_s": round(wall_s, 2),
+        "throughput_ok_per_s": round(len(ok) / wall_s, 2) if wall_s else 0.0,
+        "throughput_ok_in_window_per_s": round(ok_in_window / duration_s, 2),
+        "latency_ok_ms": latency_summary([o.latency_ms or 0.0 for o in ok]),
+        "latency_answered_ms": latency_summary([o.latency_ms or 0.0 for o in answered]),
+        "ok_level_shares": level_shares(outcomes),
+        "shed_without_retry_after": sum(1 for o in shed if not o.retry_after),
+        "errors_without_retry_after": sum(
+            1 for o in answered if o.status != 200 and not o.retry_after
+        ),
+        "cache_hits": sum(1 for o in ok if o.cache_hit),
+        "send_lag_ms": latency_summary([o.send_lag_ms for o in outcomes]),
+    }
+
+
+def compress_timeline(samples: Sequence[Sample]) -> list[dict[str, Any]]:
+    """The first answered sample and each later one whose level differs from the previous."""
+    changes: list[dict[str, Any]] = []
+    for sample in samples:
+        if not sample.ok or sample.level is None:
+            continue
+        if changes and changes[-1]["level"] == sample.level:
+            continue
+        changes.append(
+            {
+                "t_s": round(sample.t_s, 1),
+                "level": sample.level,
+                "load": sample.load,
+                "dominant": sample.dominant,
+            }
+        )
+    return changes
+
+
+def format_timeline(changes: Sequence[dict[str, Any]]) -> str:
+    """``t=0.0s L0, t=4.5s L1 (load 0.93 graph_queue), ...``."""
+    parts = []
+    for change in changes:
+        text = f"t={change['t_s']:.1f}s L{change['level']}"
+        if change.get("load") is not None:
+            text += f" (load {change['load']:.2f} {change.get('dominant') or '?'})"
+        parts.append(text)
+    return ", ".join(parts) if parts else "(no status samples)"
+
+
+def recovery_s(samples: Sequence[Sample], end_s: float) -> float | None:
+    """Seconds from ``end_s`` until the level is 0 for good (through the last sample).
+
+    0.0 when no sample was ever above level 0; None when the last answered sample is not
+    at level 0 (it never came back).
+    """
+    answered = [s for s in samples if s.ok and s.level is not None]
+    if not answered or answered[-1].level != 0:
+        return None
+    if all(s.level == 0 for s in answered):
+        return 0.0
+    last_raised = max((s.t_s for s in answered if s.level != 0), default=float("-inf"))
+    back = next(
+        (s for s in answered if s.level == 0 and s.t_s > last_raised and s.t_s >= end_s), None
+    )
+    return None if back is None else round(max(0.0, back.t_s - end_s), 1)
+
+
+def peak(samples: Sequence[Sample], attribute: str) -> float | None:
+    """The largest non-None value of ``attribute`` over the answered samples."""
+    values = [getattr(s, attribute) for s in samples if s.ok and getattr(s, attribute) is not None]
+    return max(values) if values else None
+
+
+def replica_counts(replicas: Any) -> dict[str, int]:
+    """RUNNING replicas per deployment from ``/v1/status``'s ``replicas`` (empty if absent)."""
+    if not isinstance(replicas, dict):
+        return {}
+    counts: dict[str, int] = {}
+    for name, entry in replicas.items():
+        if isinstance(entry, dict) and isinstance(entry.get("replicas"), dict):
+            counts[name] = int(entry["replicas"].get("RUNNING", 0))
+    return counts
+
+
+def sample_from_status(t_s: float, poll_ms: float, body: dict[str, Any]) -> Sample:
+    """A timeline sample from a ``/v1/status`` body."""
+    degradation = body.get("degradation") or {}
+    return Sample(
+        t_s=round(t_s, 2),
+        ok=True,
+        poll_ms=round(poll_ms, 1),
+        level=degradation.get("level"),
+        load=degradation.get("load"),
+        dominant=degradation.get("dominant"),
+        in_flight=body.get("in_flight"),
+        replicas=replica_counts(body.get("replicas")),
+    )
+
+
+def phase_document(document: dict[str, Any], enabled: bool, port: int) -> dict[str, Any]:
+    """A copy of a Serve profile for one phase: port, memory cache, controller on/off."""
+    doc = copy.deepcopy(document)
+    doc.setdefault("http_options", {}).update({"host": "127.0.0.1", "port": port})
+    found = False
+    for app in doc.get("applications", []):
+        app.setdefault("args", {}).setdefault("cache", {})["backend"] = "memory"
+        for deployment in app.get("deployments", []):
+            if deployment.get("name") == "LoadController":
+                deployment.setdefault("user_config", {})["enabled"] = enabled
+                found = True
+    if not found:
+        raise ValueError("the profile has no LoadController deployment to switch")
+    return doc
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time in ticks) of ``pid`` from /proc, None if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rfind(")") + 2 :].split()
+    return int(fields[1]), int(fields[19])
+
+
+def _all_pids() -> list[int]:
+    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
+
+
+def descendants(root: int) -> dict[int, int]:
+    """pid -> start time of every live descendant of ``root`` (root included)."""
+    children: dict[int, list[int]] = {}
+    starts: dict[int, int] = {}
+    for pid in _all_pids():
+        stat = _proc_stat(pid)
+        if stat is not None:
+            children.setdefault(stat[0], []).append(pid)
+            starts[pid] = stat[1]
+    found: dict[int, int] = {}
+    todo = [root]
+    while todo:
+        pid = todo.pop()
+        if pid in starts and pid not in found:
+            found[pid] = starts[pid]
+            todo.extend(children.get(pid, []))
+    return found
+
+
+def alive(processes: dict[int, int]) -> list[int]:
+    """The pids of ``processes`` still running as the same process (same start time)."""
+    live = []
+    for pid, start in processes.items():
+        stat = _proc_stat(pid)
+        if stat is not None and stat[1] == start and not _is_zombie(pid):
+            live.append(pid)
+    return live
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return text[text.rfind(")") + 2 :].startswith("Z")
+
+
+def ray_processes() -> list[int]:
+    """Pids of processes that look like Ray's (raylet, GCS, workers, dashboard, serve)."""
+    found = []
+    for pid in _all_pids():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if pid != os.getpid() and any(marker in cmdline for marker in RAY_MARKERS):
+            found.append(pid)
+    return found
+
+
+@dataclass
+class Service:
+    """A ``memeserve run`` process in its own session, and where it listens."""
+
+    process: subprocess.Popen[bytes]
+    url: str
+    ready_s: float
+    log_path: Path
+    config_path: Path
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback interface right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch(document: dict[str, Any], name: str, nice: int = 0, timeout_s: float = 600.0) -> Service:
+    """Write ``document`` to a temp profile and start ``memeserve run`` on it until ready.
+
+    ``nice`` lowers the priority of the whole service (Ray inherits it), so that on a
+    small machine the load generator still sends on time.
+    """
+    port = int(document["http_options"]["port"])
+    with tempfile.NamedTemporaryFile(
+        "w", prefix=f"bench_overload_{name}_", suffix=".yaml", delete=False
+    ) as handle:
+        yaml.safe_dump(document, handle, allow_unicode=True, sort_keys=False)
+    config_path = Path(handle.name)
+    log_path = config_path.with_suffix(".log")
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "serve_app.cli", "run", "--config", str(config_path)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=(lambda: os.nice(nice)) if nice else None,
+        )
+    service = Service(process, f"http://127.0.0.1:{port}", 0.0, log_path, config_path)
+    problem = _wait_ready(service, timeout_s)
+    if problem is None:
+        service.ready_s = round(time.monotonic() - started, 1)
+        return service
+    stop_service(service)
+    tail = log_path.read_text("utf-8", "replace")[-3000:]
+    raise RuntimeError(f"{problem} (log {log_path}); log tail:\n{tail}")
+
+
+def _wait_ready(service: Service, timeout_s: float) -> str | None:
+    """Poll ``/readyz``; None once it answers 200, else why the service will not be ready."""
+    started = time.monotonic()
+    with httpx.Client(timeout=2) as client:
+        while time.monotonic() - started < timeout_s:
+            if service.process.poll() is not None:
+                return "the service exited before it was ready"
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(f"{service.url}/readyz").status_code == 200:
+                    return None
+            log = service.log_path.read_text("utf-8", "replace")
+            failed = DEPLOY_FAILURE.search(log)
+            if failed is not None:
+                return f"the application failed to deploy ({failed.group(0)!r} in its log)"
+            time.sleep(0.5)
+    return f"the service did not become ready in {timeout_s:.0f} s"
+
+
+def _signal_pids(pids: Iterable[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _wait_gone(processes: dict[int, int], timeout_s: float) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while (live := alive(processes)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return live
+
+
+def stop_service(service: Service) -> dict[str, Any]:
+    """SIGINT the service's process group, then make sure none of its processes is left."""
+    tree = descendants(service.process.pid)
+    report: dict[str, Any] = {"killed_group": False, "strays_killed": [], "ray_stop_force": False}
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(service.process.pid, signal.SIGINT)
+    try:
+        service.process.wait(timeout=STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(service.process.pid, signal.SIGKILL)
+        service.process.wait(timeout=10)
+        report["killed_group"] = True
+    strays = _wait_gone(tree, 5.0)
+    if strays:
+        report["strays_killed"] = strays
+        _signal_pids(strays, signal.SIGTERM)
+        strays = _wait_gone(tree, 5.0)
+        _signal_pids(strays, signal.SIGKILL)
+        strays = _wait_gone(tree, 5.0)
+    if strays:
+        # Last resort: this stops every Ray instance of this user on the machine.
+        report["ray_stop_force"] = True
+        subprocess.run(
+            [str(Path(sys.executable).with_name("ray")), "stop", "--force"],
+            check=False,
+            capture_output=True,
+        )
+    return report
+
+
+# ----------------------------------------------------------------------------- load
+
+
+def payloads(count: int, seed: int) -> list[bytes]:
+    """``count`` distinct JPEG (q88) memes from a seeded corpus."""
+    return [meme_bytes(spec, "JPEG", quality=88) for spec in corpus(count, seed=seed)]
+
+
+def _client(url: str, timeout_s: float = CLIENT_TIMEOUT_S) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=4096, max_keepalive_connections=512)
+    return httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout_s), limits=limits)
+
+
+async def _post(client: httpx.AsyncClient, data: bytes) -> httpx.Response:
+    return await client.post(ANALYZE, files={"image": ("meme.jpg", data, "image/jpeg")})
+
+
+async def closed_loop(url: str, images: list[bytes], concurrency: int, seconds: float) -> float:
+    """Keep ``concurrency`` requests going for ``seconds``; 200s per second of wall time."""
+    queue = iter(images)
+    successes = 0
+    deadline = time.monotonic() + seconds
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal successes
+        while time.monotonic() < deadline:
+            data = next(queue, None)
+            if data is None:
+                return
+            with contextlib.suppress(httpx.HTTPError):
+                if (await _post(client, data)).status_code == 200:
+                    successes += 1
+
+    started = time.monotonic()
+    async with _client(url) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    return successes / (time.monotonic() - started)
+
+
+def _record_response(outcome: Outcome, response: httpx.Response) -> None:
+    outcome.status = response.status_code
+    outcome.retry_after = "retry-after" in response.headers
+    try:
+        body = response.json()
+    except ValueError:
+        return
+    if not isinstance(body, dict):
+        return
+    if response.status_code == 200:
+        meta = body.get("meta") or {}
+        outcome.level = meta.get("degradation_level")
+        outcome.cache_hit = bool((meta.get("cache") or {}).get("hit"))
+    elif isinstance(body.get("error"), dict):
+        outcome.error_code = body["error"].get("code")
+
+
+async def send_one(client: httpx.AsyncClient, data: bytes, outcome: Outcome) -> None:
+    """Send one analyze request and fill ``outcome`` in."""
+    started = time.perf_counter()
+    try:
+        # httpx's timeout is per operation (connect, write, each read): bound the total.
+        response = await asyncio.wait_for(_post(client, data), CLIENT_TIMEOUT_S)
+    except (httpx.TimeoutException, TimeoutError):
+        outcome.failure = "timeout"
+    except httpx.HTTPError:
+        outcome.failure = "connection"
+    else:
+        _record_response(outcome, response)
+        outcome.latency_ms = (time.perf_counter() - started) * 1000.0
+
+
+async def poll_status(url: str, t0: float, samples: list[Sample], stop: asyncio.Event) -> None:
+    """Append a ``/v1/status`` sample every ``POLL_PERIOD_S`` until ``stop`` is set."""
+    async with _client(url, timeout_s=5.0) as client:
+        next_tick = time.perf_counter()
+        while not stop.is_set():
+            started = time.perf_counter()
+            try:
+                response = await client.get(STATUS)
+                poll_ms = (time.perf_counter() - started) * 1000.0
+                if response.status_code == 200:
+                    samples.append(sample_from_status(started - t0, poll_ms, response.json()))
+                else:
+                    samples.append(Sample(round(started - t0, 2), False, round(poll_ms, 1)))
+            except (httpx.HTTPError, ValueError):
+                poll_ms = (time.perf_counter() - started) * 1000.0
+                samples.append(Sample(round(started - t0, 2), False, round(poll_ms, 1)))
+            next_tick += POLL_PERIOD_S
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), max(0.0, next_tick - time.perf_counter()))
+
+
+async def wait_level_zero(url: str, limit_s: float) -> float | None:
+    """Poll until ``degradation.level`` is 0; the seconds it took, None after ``limit_s``."""
+    started = time.monotonic()
+    async with _client(url, timeout_s=5.0) as client:
+        while time.monotonic() - started < limit_s:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                body = (await client.get(STATUS)).json()
+                if (body.get("degradation") or {}).get("level") == 0:
+                    return round(time.monotonic() - started, 1)
+            await asyncio.sleep(POLL_PERIOD_S)
+    return None
+
+
+async def open_loop(
+    url: str, images: list[bytes], schedule: list[float], duration_s: float
+) -> dict[str, Any]:
+    """Poisson arrivals on ``schedule``, status polling, drain and return to level 0."""
+    outcomes = [Outcome(sent_s=offset) for offset in schedule]
+    samples: list[Sample] = []
+    stop = asyncio.Event()
+    t0 = time.perf_counter()
+    poller = asyncio.create_task(poll_status(url, t0, samples, stop))
+    tasks: list[asyncio.Task[None]] = []
+    async with contextlib.AsyncExitStack() as stack:
+        # Several small pools: httpx scans its whole pool per request, and the "off"
+        # phase holds hundreds of connections open at once.
+        clients = [await stack.enter_async_context(_client(url)) for _ in range(CLIENT_SHARDS)]
+        arrivals = enumerate(zip(schedule, images, outcomes, strict=True))
+        for number, (offset, data, outcome) in arrivals:
+            delay = t0 + offset - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            outcome.send_lag_ms = round(max(0.0, -delay) * 1000.0, 1)
+            client = clients[number % CLIENT_SHARDS]
+            tasks.append(asyncio.create_task(send_one(client, data, outcome)))
+        await asyncio.sleep(max(0.0, t0 + duration_s - time.perf_counter()))
+        arrivals_end = time.perf_counter() - t0
+        pending: set[asyncio.Task[None]] = set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=DRAIN_LIMIT_S)
+        for task in pending:
+            task.cancel()
+        drained_s = time.perf_counter() - t0 - arrivals_end
+    recovery_deadline = time.perf_counter() + RECOVERY_LIMIT_S
+    while time.perf_counter() < recovery_deadline:
+        answered = [s for s in samples if s.ok and s.level is not None]
+        if answered and answered[-1].level == 0 and answered[-1].t_s >= arrivals_end:
+            break
+        await asyncio.sleep(POLL_PERIOD_S)
+    stop.set()
+    await poller
+    for outcome in outcomes:
+        if outcome.status is None and outcome.failure is None:
+            outcome.failure = "abandoned"
+    return {
+        "outcomes": outcomes,
+        "samples": samples,
+        "arrivals_end_s": round(arrivals_end, 2),
+        "drain_s": round(drained_s, 1),
+        "abandoned": len(pending),
+    }
+
+
+# ----------------------------------------------------------------------------- phases
+
+
+@dataclass
+class Plan:
+    """What the run does, from the command line."""
+
+    document: dict[str, Any]
+    phases: list[str]
+    rate: float | None
+    factor: float
+    duration_s: float
+    seed: int
+    warmup_s: float
+    calibrate_s: float
+    service_nice: int = 5
+    concurrency: int = 4
+
+
+def warm_up(url: str, plan: Plan, seed: int, seconds: float) -> float:
+    """One request, then a closed loop at ``plan.concurrency``; the loop's 200s per second."""
+    with httpx.Client(base_url=url, timeout=CLIENT_TIMEOUT_S) as client:
+        client.post(ANALYZE, files={"image": ("w.jpg", payloads(1, seed + 999)[0], "image/jpeg")})
+    images = payloads(int(seconds * 40) + 50, seed)
+    return asyncio.run(closed_loop(url, images, plan.concurrency, seconds))
+
+
+def run_phase(plan: Plan, name: str, index: int, rate: float | None) -> dict[str, Any]:
+    """Start a service for phase ``name`` ("off"/"on"), measure it, stop it."""
+    document = phase_document(plan.document, enabled=(name == "on"), port=free_port())
+    result: dict[str, Any] = {"phase": name, "controller_enabled": name == "on"}
+    result["other_ray_processes_at_start"] = len(ray_processes())
+    result["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    service = launch(document, name, nice=plan.service_nice)
+    result["ready_s"] = service.ready_s
+    result["service_log"] = str(service.log_path)
+    try:
+        base_seed = plan.seed * 1000 + index * 100
+        print(f"[{name}] ready in {service.ready_s:.1f} s at {service.url}; warming up", flush=True)
+        warm_rate = warm_up(service.url, plan, base_seed + 1, plan.warmup_s)
+        result["warmup_ok_per_s"] = round(warm_rate, 2)
+        if rate is None:
+            print(f"[{name}] calibrating: closed loop x{plan.concurrency}", flush=True)
+            images = payloads(int(plan.calibrate_s * 40) + 50, base_seed + 2)
+            sustained = asyncio.run(
+                closed_loop(service.url, images, plan.concurrency, plan.calibrate_s)
+            )
+            result["calibration_ok_per_s"] = round(sustained, 2)
+            rate = plan.factor * sustained
+        result["settle_s"] = asyncio.run(wait_level_zero(service.url, SETTLE_LIMIT_S))
+        result["rate"] = round(rate, 3)
+        # The same arrival times in every phase; only the memes differ (no cache hits).
+        schedule = poisson_schedule(rate, plan.duration_s, plan.seed)
+        images = payloads(len(schedule), base_seed + 3)
+        print(
+            f"[{name}] open loop: {len(schedule)} requests at {rate:.2f}/s "
+            f"for {plan.duration_s:.0f} s",
+            flush=True,
+        )
+        run = asyncio.run(open_loop(service.url, images, schedule, plan.duration_s))
+        result.update(
+            summarise_phase(run["outcomes"], plan.duration_s),
+            arrivals_end_s=run["arrivals_end_s"],
+            drain_s=run["drain_s"],
+            abandoned=run["abandoned"],
+            recovery_s=recovery_s(run["samples"], run["arrivals_end_s"]),
+            timeline=compress_timeline(run["samples"]),
+            peak_load=peak(run["samples"], "load"),
+            peak_in_flight=peak(run["samples"], "in_flight"),
+            status_polls_failed=sum(1 for s in run["samples"] if not s.ok),
+            status_poll_ms=latency_summary([s.poll_ms for s in run["samples"]]),
+            peak_replicas=_peak_replicas(run["samples"]),
+            samples=[asdict(s) for s in run["samples"]],
+            outcomes=[asdict(o) for o in run["outcomes"]],
+        )
+    finally:
+        result["stop"] = stop_service(service)
+    return result
+
+
+def _peak_replicas(samples: Sequence[Sample]) -> dict[str, int]:
+    peaks: dict[str, int] = {}
+    for sample in samples:
+        for name, count in sample.replicas.items():
+            peaks[name] = max(peaks.get(name, 0), count)
+    return peaks
+
+
+def calibrate_only(plan: Plan) -> dict[str, Any]:
+    """Phase 0 on its own controller-OFF service (when the first phase is not "off")."""
+    document = phase_document(plan.document, enabled=False, port=free_port())
+    service = launch(document, "calibration", nice=plan.service_nice)
+    try:
+        warm_up(service.url, plan, plan.seed * 1000 + 901, plan.warmup_s)
+        images = payloads(int(plan.calibrate_s * 40) + 50, plan.seed * 1000 + 902)
+        sustained = asyncio.run(
+            closed_loop(service.url, images, plan.concurrency, plan.calibrate_s)
+        )
+    finally:
+        stop = stop_service(service)
+    return {"calibration_ok_per_s": round(sustained, 2), "stop": stop}
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1f}{unit}" if abs(value) >= 10 else f"{value:.2f}{unit}"
+    return f"{value}{unit}"
+
+
+def table_rows(phases: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
+    """(label, one cell per phase) rows of the comparison table."""
+    keys = sorted({k for p in phases for k in p.get("by_status", {})}, key=_status_order)
+    levels = sorted({k for p in phases for k in p.get("ok_level_shares", {})})
+    rows: list[tuple[str, list[str]]] = [
+        ("offered rate (req/s)", [_fmt(p.get("rate")) for p in phases]),
+        ("sent", [_fmt(p.get("sent")) for p in phases]),
+    ]
+    rows += [(f"  {k}", [_fmt(p.get("by_status", {}).get(k, 0)) for p in phases]) for k in keys]
+    rows += [
+        ("throughput 200/s (to last answer)", [_fmt(p.get("throughput_ok_per_s")) for p in phases]),
+        (
+            "throughput 200/s (in arrival window)",
+            [_fmt(p.get("throughput_ok_in_window_per_s")) for p in phases],
+        ),
+    ]
+    for label, key in (("200s", "latency_ok_ms"), ("all answered", "latency_answered_ms")):
+        for q in ("p50", "p95", "p99"):
+            rows.append(
+                (f"latency {label} {q} (ms)", [_fmt(p.get(key, {}).get(q)) for p in phases])
+            )
+    for level in levels:
+        rows.append(
+            (
+                f"share of 200s at {level}",
+                [
+                    _fmt(round(100 * p.get("ok_level_shares", {}).get(level, 0.0), 1), "%")
+                    for p in phases
+                ],
+            )
+        )
+    rows += [
+        ("429/503 without Retry-After", [_fmt(p.get("shed_without_retry_after")) for p in phases]),
+        (
+            "any non-200 without Retry-After",
+            [_fmt(p.get("errors_without_retry_after")) for p in phases],
+        ),
+        ("cache hits among 200s", [_fmt(p.get("cache_hits")) for p in phases]),
+        (
+            "peak load / in_flight",
+            [f"{_fmt(p.get('peak_load'))} / {_fmt(p.get('peak_in_flight'))}" for p in phases],
+        ),
+        (
+            "peak replicas Pre/VLM",
+            [
+                f"{p.get('peak_replicas', {}).get('Preprocessor', '-')}/"
+                f"{p.get('peak_replicas', {}).get('VLMPool', '-')}"
+                for p in phases
+            ],
+        ),
+        ("drain after arrivals (s)", [_fmt(p.get("drain_s")) for p in phases]),
+        ("back to level 0 after arrivals (s)", [_fmt(p.get("recovery_s")) for p in phases]),
+        (
+            "status polls failed / made",
+            [f"{p.get('status_polls_failed')} / {len(p.get('samples', []))}" for p in phases],
+        ),
+        ("status poll p95 (ms)", [_fmt(p.get("status_poll_ms", {}).get("p95")) for p in phases]),
+        ("client send lag p95 (ms)", [_fmt(p.get("send_lag_ms", {}).get("p95")) for p in phases]),
+    ]
+    return rows
+
+
+def _status_order(key: str) -> tuple[int, str]:
+    return (0, key) if key.isdigit() else (1, key)
+
+
+def render(results: dict[str, Any]) -> str:
+    """The human-readable report."""
+    phases = results["phases"]
+    lines = [
+        f"memeserve overload bench ({results['config']}, {results['cpus']} CPUs, "
+        f"{results['machine']})",
+        f"  sustained (closed loop x4): {_fmt(results.get('calibration_ok_per_s'))} req/s; "
+        f"overload rate {_fmt(results['rate'])} req/s "
+        f"({results['rate_source']}); {results['duration_s']:.0f} s per phase, seed "
+        f"{results['seed']}; service at nice {results.get('service_nice', 0)}",
+    ]
+    names = [f"controller {p['phase']}" for p in phases]
+    width = 38
+    lines.append("  " + " " * width + "".join(f"{n:>18s}" for n in names))
+    for label, cells in table_rows(phases):
+        lines.append(f"  {label:<{width}s}" + "".join(f"{c:>18s}" for c in cells))
+    for phase in phases:
+        codes = ", ".join(f"{k} x{v}" for k, v in phase.get("error_codes", {}).items())
+        lines.append(f"  error codes ({phase['phase']}): {codes or 'none'}")
+    for phase in phases:
+        lines.append(f"  level timeline ({phase['phase']}): {format_timeline(phase['timeline'])}")
+    for phase in phases:
+        stop = phase.get("stop", {})
+        if stop.get("strays_killed") or stop.get("ray_stop_force") or stop.get("killed_group"):
+            lines.append(f"  note ({phase['phase']}): stopping needed {stop}")
+    for phase in phases:
+        others = phase.get("other_ray_processes_at_start", 0)
+        if others:
+            lines.append(
+                f"  WARNING ({phase['phase']}): {others} other Ray processes were running at "
+                f"its start (load average {phase.get('loadavg_at_start')}): figures disturbed"
+            )
+    lines.append(
+        f"  ray processes before {results['ray_processes_before']}, "
+        f"after {results['ray_processes_after']}"
+    )
+    return "\n".join(lines)
+
+
+def _machine() -> str:
+    model = "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{model}, affinity {len(os.sched_getaffinity(0))} cores"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("autoscale_configs/dev-cpu.yaml"))
+    parser.add_argument("--rate", type=float, default=None, help="req/s; skips calibration")
+    parser.add_argument("--factor", type=float, default=3.0, help="overload x sustained rate")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds of arrivals")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--json", type=Path, default=ROOT / "artifacts" / "bench_overload.json")
+    parser.add_argument("--phases", default="off,on", help="comma-separated: off, on")
+    parser.add_argument("--warmup", type=float, default=10.0, help="closed-loop warm-up (s)")
+    parser.add_argument("--calibrate", type=float, default=20.0, help="calibration loop (s)")
+    parser.add_argument(
+        "--service-nice", type=int, default=5, help="niceness of the service (0: as this)"
+    )
+    args = parser.parse_args(argv)
+    args.phase_list = [p.strip() for p in args.phases.split(",") if p.strip()]
+    if not args.phase_list or any(p not in ("off", "on") for p in args.phase_list):
+        parser.error("--phases takes a comma-separated list of 'off' and 'on'")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the phases, print the comparison, write the JSON."""
+    args = parse_args(argv)
+    config = args.config if args.config.is_absolute() else ROOT / args.config
+    plan = Plan(
+        document=yaml.safe_load(config.read_text("utf-8")),
+        phases=args.phase_list,
+        rate=args.rate,
+        factor=args.factor,
+        duration_s=args.duration,
+        seed=args.seed,
+        warmup_s=args.warmup,
+        calibrate_s=args.calibrate,
+        service_nice=args.service_nice,
+    )
+    results: dict[str, Any] = {
+        "config": str(args.config),
+        "cpus": os.cpu_count(),
+        "machine": _machine(),
+        "duration_s": args.duration,
+        "seed": args.seed,
+        "factor": args.factor,
+        "service_nice": args.service_nice,
+        "ray_processes_before": len(ray_processes()),
+        "phases": [],
+    }
+    rate = args.rate
+    results["rate_source"] = "--rate" if rate is not None else f"{args.factor:g} x sustained"
+    if rate is None and plan.phases[0] != "off":
+        calibration = calibrate_only(plan)
+        results["calibration"] = calibration
+        results["calibration_ok_per_s"] = calibration["calibration_ok_per_s"]
+        rate = plan.factor * calibration["calibration_ok_per_s"]
+    for index, name in enumerate(plan.phases):
+        phase = run_phase(plan, name, index, rate)
+        if rate is None:
+            results["calibration_ok_per_s"] = phase.get("calibration_ok_per_s")
+            rate = phase["rate"]
+        results["phases"].append(phase)
+    results["rate"] = rate
+    time.sleep(2)
+    results["ray_processes_after"] = len(ray_processes())
+    print(render(results))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2, ensure_ascii=False), "utf-8")
+    print(f"  written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
