@@ -55,6 +55,7 @@ class LoadController:
         self._reports: dict[ReporterKind, dict[str, _Report]] = {"vlm": {}, "ingress": {}}
         self._decision: Decision | None = None
         self._signals: dict[str, float] = {}
+        self._admit: int | None = None
         self._state = LevelState.initial(self._config)
         self._timeline: deque[tuple[float, int, float]] = deque(maxlen=600)
         self._level_gauge = metrics.Gauge(
@@ -99,18 +100,23 @@ class LoadController:
         now = time.monotonic()
         vlm = self._fresh("vlm", now)
         ingress = self._fresh("ingress", now)
-        self._signals = aggregate_reports(
-            [r.signals for r in vlm],
-            graph_in_flight=int(sum(r.signals.get("graph_in_flight", 0.0) for r in ingress)),
-            pool_capacity=sum(r.capacity for r in vlm),
+        capacity = sum(r.capacity for r in vlm)
+        # Requests refused while shedding are demand too: counting them keeps the level
+        # up while the overload lasts instead of hiding it behind the refusals.
+        waiting = sum(
+            r.signals.get("graph_in_flight", 0.0) + r.signals.get("refused", 0.0) for r in ingress
         )
+        self._signals = aggregate_reports(
+            [r.signals for r in vlm], graph_in_flight=int(waiting), pool_capacity=capacity
+        )
+        self._admit = max(1, capacity // max(1, len(ingress))) if capacity else None
         decision = self._policy.step(LoadSample(at=now, signals=self._signals))
         self._decision = decision
         if decision.changed:
             logger.warning(
                 "degradation level %d -> %d: %s", decision.previous, decision.level, decision.reason
             )
-            self._publish(decision.level, time.time())
+        self._publish(decision.level, time.time() if decision.changed else self._state.changed_at)
         self._timeline.append((time.time(), decision.level, round(decision.load, 4)))
         self._level_gauge.set(decision.level)
         self._load_gauge.set(decision.load)
@@ -121,6 +127,7 @@ class LoadController:
             row=self._config.level(level),
             period_s=self._config.period_s,
             changed_at=changed_at,
+            admit=self._admit,
         )
 
     def report(
@@ -145,6 +152,7 @@ class LoadController:
             "level": self._state.level,
             "name": row.name,
             "route": row.route,
+            "admit_per_ingress": self._state.admit if row.route == "reject" else None,
             "max_visual_tokens": row.max_visual_tokens,
             "max_context_chars": row.max_context_chars,
             "max_output_tokens": row.max_output_tokens,

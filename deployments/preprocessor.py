@@ -2,8 +2,7 @@
 
 The degradation level comes from a local :class:`~serve_app.degradation.LevelFollower`
 refreshed in the background, never from a call per request. A stored answer is
-looked up before any resizing; on a miss the upload is resized to the level's budget,
-or refused when the level sheds load.
+looked up before any resizing; on a miss the upload is resized to the level's budget.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppArgs
-from serve_app.degradation import LevelFollower, LevelState, shed_error
+from serve_app.degradation import LevelFollower, LevelState
 from serve_app.fingerprint import Fingerprinter
 from serve_app.fingerprint_library import LibraryHit
 from serve_app.preprocessing import CacheHit, Prepared, build_request, key_upload
@@ -88,8 +87,6 @@ class Preprocessor:
                     match=hit.match,
                     distance=hit.distance,
                 )
-        if row.route == "reject":
-            raise shed_error(row)
         return await asyncio.to_thread(
             build_request, keyed, request_id=request_id, args=self._args, row=row, deadline=deadline
         )

@@ -3,7 +3,8 @@
 Each replica also samples its own load where its GPU is (NVML, the engine's queue and
 KV cache, CPU), reports it to the LoadController, and applies the level it hears
 back to every request: image budget, context, output cap, and at the top level the
-lite engine or a refusal (:mod:`serve_app.degradation`).
+lite engine where the level routes there (:mod:`serve_app.degradation`; refusals are
+the ingress's admission control).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config import AppArgs
-from serve_app.degradation import LevelFollower, LevelState, shed_error, tighten
+from serve_app.degradation import LevelFollower, LevelState, tighten
 from serve_app.engines import Engine, EngineOutput, EngineRequest, create_engine
 from serve_app.load_signals import CpuSampler, GpuSampler, replica_signals
 from serve_app.request_context import configure_logging, set_request_id
@@ -94,8 +95,6 @@ class VLMPool:
         row = self._levels.state.row
         if row.level > request.level:
             request = tighten(request, row, self._args.max_visual_tokens)
-            if row.route == "reject":
-                raise shed_error(row)
         height, width = request.image.shape[:2]
         self._last_request = {
             "level": request.level,

@@ -201,7 +201,9 @@ class LevelArgs(StrictModel):
     route: Literal["engine", "lite", "reject"] = Field(
         "engine",
         description="engine: the configured engine; lite: the lite engine (OCR + lexicon, "
-        "no GPU) answers instead; reject: refuse with reject_status and Retry-After.",
+        "no GPU) answers instead; reject: admission control — requests are let in up to "
+        "the pool's capacity (and served at this level's budgets), the excess is refused "
+        "with reject_status and Retry-After instead of queueing.",
     )
     reject_status: Literal[429, 503] = Field(
         503, description="Status of a refusal when route is reject (503 shed, 429 back off)."

@@ -39,6 +39,9 @@ class LevelState:
     period_s: float
     changed_at: float | None = None
     """``time.time()`` when the level was entered (None: since start)."""
+    admit: int | None = None
+    """At a ``route: reject`` level: requests one ingress replica lets in at once (its
+    share of the pool's capacity); the rest are refused. None: capacity unknown."""
 
     @classmethod
     def initial(cls, config: ControllerUserConfig | None = None) -> LevelState:
@@ -87,6 +90,36 @@ def tighten(request: EngineRequest, row: LevelArgs, engine_cap: int) -> EngineRe
         level=row.level,
         route=row.route,
     )
+
+
+class Admission:
+    """Admission control of one ingress replica at a ``route: reject`` level.
+
+    Refusing everything at the top level would leave the pool idle and hide the
+    demand from the load signals (the level would drop, the queue rebuild, the level
+    rise again). Instead, requests are let in up to the replica's share of the pool's
+    capacity and only the excess is refused; the refusals are reported as demand.
+    """
+
+    def __init__(self) -> None:
+        self.inside = 0
+        self._refused = 0
+
+    def enter(self, state: LevelState) -> None:
+        """Take a place, or raise the level's refusal when it sheds and none is free."""
+        if state.row.route == "reject" and self.inside >= (state.admit or 1):
+            self._refused += 1
+            raise shed_error(state.row)
+        self.inside += 1
+
+    def leave(self) -> None:
+        """Give the place back."""
+        self.inside -= 1
+
+    def take_refused(self) -> int:
+        """Refusals since the last call (reported to the controller as waiting demand)."""
+        refused, self._refused = self._refused, 0
+        return refused
 
 
 class LevelFollower:

@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app import __version__
 from serve_app.config import AppArgs
-from serve_app.degradation import LevelFollower, LevelState
+from serve_app.degradation import Admission, LevelFollower, LevelState
 from serve_app.engines.base import EngineOutput
 from serve_app.errors import (
     BadInput,
@@ -323,7 +323,7 @@ install_error_handlers(app)
 
 
 @serve.deployment(
-    max_ongoing_requests=64,
+    max_ongoing_requests=512,
     ray_actor_options={"num_cpus": 0.1},
 )
 @serve.ingress(app)
@@ -347,6 +347,7 @@ class Ingress:
         self._store = store
         self._controller = controller
         self._in_flight = 0
+        self._admission = Admission()
         self._source = _replica_tag()
         # Reports the requests inside the graph to the LoadController (its queue signal).
         self._levels = LevelFollower(self._report_load)
@@ -391,9 +392,11 @@ class Ingress:
             self._in_flight -= 1
 
     async def _report_load(self) -> LevelState:
-        state: LevelState = await self._controller.report.remote(
-            self._source, "ingress", {"graph_in_flight": float(self._in_flight)}
-        )
+        signals = {
+            "graph_in_flight": float(self._admission.inside),
+            "refused": float(self._admission.take_refused()),
+        }
+        state: LevelState = await self._controller.report.remote(self._source, "ingress", signals)
         return state
 
     @app.post(
@@ -495,61 +498,74 @@ class Ingress:
         self, data: bytes, text: str | None, request_id: str, started: float, timeout: float
     ) -> AsyncIterator[bytes]:
         deadline = time.time() + timeout
-        prepared = await self._prepare(data, text, request_id, deadline)
-        if isinstance(prepared, CacheHit):
-            result = _from_cache(prepared)
+        hit, upload = await self._resent(data, text)
+        if hit is not None:
+            result = _from_cache(hit)
             yield sse("cache", result["meta"]["cache"])
             yield sse("result", _finish(result, request_id, started))
             return
-        yield sse("cache", {"hit": False, "match": None, "distance": None})
-        pieces: list[str] = []
-        engine_started = time.perf_counter()
-        deltas: Any = self._vlm.options(stream=True).stream.remote(prepared.request)
-        try:
-            # The pool's first item says how it serves the request (level, engine).
-            served: dict[str, Any] = await deltas.__anext__()
-            tap = ExplanationTap(served["explanation_max_chars"])
-            async for piece in deltas:
-                pieces.append(piece)
-                for out in tap.feed(piece):
-                    yield sse("delta", {"text": out})
-        finally:
-            # The client left or the deadline passed: stop the engine's work too.
-            deltas.cancel()
-        for out in tap.flush():
-            yield sse("delta", {"text": out})
-        output = EngineOutput(
-            text="".join(pieces),
-            engine=served["engine"],
-            model=self._args.engine.model_name,
-            elapsed_ms=(time.perf_counter() - engine_started) * 1000.0,
-            level=served["level"],
-            explanation_max_chars=served["explanation_max_chars"],
-        )
-        result = await self._structurer.structure.remote(
-            output, self._structure_context(prepared, request_id), self._cache_key(prepared)
-        )
+        with self._admitted():
+            prepared = await self._preprocessor.prepare.remote(
+                data, text, request_id, deadline, upload
+            )
+            if isinstance(prepared, CacheHit):
+                result = _from_cache(prepared)
+                yield sse("cache", result["meta"]["cache"])
+                yield sse("result", _finish(result, request_id, started))
+                return
+            yield sse("cache", {"hit": False, "match": None, "distance": None})
+            pieces: list[str] = []
+            engine_started = time.perf_counter()
+            deltas: Any = self._vlm.options(stream=True).stream.remote(prepared.request)
+            try:
+                # The pool's first item says how it serves the request (level, engine).
+                served: dict[str, Any] = await deltas.__anext__()
+                tap = ExplanationTap(served["explanation_max_chars"])
+                async for piece in deltas:
+                    pieces.append(piece)
+                    for out in tap.feed(piece):
+                        yield sse("delta", {"text": out})
+            finally:
+                # The client left or the deadline passed: stop the engine's work too.
+                deltas.cancel()
+            for out in tap.flush():
+                yield sse("delta", {"text": out})
+            output = EngineOutput(
+                text="".join(pieces),
+                engine=served["engine"],
+                model=self._args.engine.model_name,
+                elapsed_ms=(time.perf_counter() - engine_started) * 1000.0,
+                level=served["level"],
+                explanation_max_chars=served["explanation_max_chars"],
+            )
+            result = await self._structurer.structure.remote(
+                output, self._structure_context(prepared, request_id), self._cache_key(prepared)
+            )
         yield sse("result", _finish(result, request_id, started))
 
     async def _run_graph(
         self, data: bytes, text: str | None, request_id: str, deadline: float
     ) -> dict[str, Any]:
-        prepared = await self._prepare(data, text, request_id, deadline)
-        if isinstance(prepared, CacheHit):
-            return _from_cache(prepared)
-        # The DeploymentResponse goes straight to the Structurer as a top-level argument.
-        output = self._vlm.generate.remote(prepared.request)
-        analysis: dict[str, Any] = await self._structurer.structure.remote(
-            output, self._structure_context(prepared, request_id), self._cache_key(prepared)
-        )
+        hit, upload = await self._resent(data, text)
+        if hit is not None:
+            return _from_cache(hit)
+        with self._admitted():
+            prepared = await self._preprocessor.prepare.remote(
+                data, text, request_id, deadline, upload
+            )
+            if isinstance(prepared, CacheHit):
+                return _from_cache(prepared)
+            # The DeploymentResponse goes straight to the Structurer as a top-level argument.
+            output = self._vlm.generate.remote(prepared.request)
+            analysis: dict[str, Any] = await self._structurer.structure.remote(
+                output, self._structure_context(prepared, request_id), self._cache_key(prepared)
+            )
         return analysis
 
-    async def _prepare(
-        self, data: bytes, text: str | None, request_id: str, deadline: float
-    ) -> Prepared | CacheHit:
-        """Bytes sent before are answered by the store directly; the rest is preprocessed."""
+    async def _resent(self, data: bytes, text: str | None) -> tuple[CacheHit | None, str | None]:
+        """The stored answer for bytes sent before (no decoding), and the upload's key."""
         if not self._args.cache.enabled:
-            return await self._preprocessor.prepare.remote(data, text, request_id, deadline)
+            return None, None
         started = time.perf_counter()
         scope = request_scope(text, self._args)
         if len(data) > _HASH_INLINE_BYTES:  # keep the event loop free for big uploads
@@ -557,18 +573,25 @@ class Ingress:
         else:
             upload = upload_key(data, scope)
         hit = await self._store.lookup_upload.remote(upload, self._levels.state.level)
-        if hit is not None:
-            return CacheHit(
-                analysis=hit.analysis,
-                level=hit.level,
-                preprocess_ms=(time.perf_counter() - started) * 1000.0,
-                match=hit.match,
-                distance=hit.distance,
-            )
-        prepared: Prepared | CacheHit = await self._preprocessor.prepare.remote(
-            data, text, request_id, deadline, upload
+        if hit is None:
+            return None, upload
+        cached = CacheHit(
+            analysis=hit.analysis,
+            level=hit.level,
+            preprocess_ms=(time.perf_counter() - started) * 1000.0,
+            match=hit.match,
+            distance=hit.distance,
         )
-        return prepared
+        return cached, upload
+
+    @contextlib.contextmanager
+    def _admitted(self) -> Iterator[None]:
+        """A place in the engine path; at a shedding level, refused when none is free."""
+        self._admission.enter(self._levels.state)
+        try:
+            yield
+        finally:
+            self._admission.leave()
 
     def _cache_key(self, prepared: Prepared) -> StoreKey | None:
         return prepared.key if self._args.cache.enabled else None
