@@ -117,8 +117,12 @@ class VLMPool:
 
     @staticmethod
     def _served(output: EngineOutput, request: EngineRequest) -> EngineOutput:
+        height, width = request.image.shape[:2]
         return dataclasses.replace(
-            output, level=request.level, explanation_max_chars=request.explanation_max_chars
+            output,
+            level=request.level,
+            explanation_max_chars=request.explanation_max_chars,
+            analysed_size=(int(width), int(height)),
         )
 
     async def generate(self, request: EngineRequest) -> EngineOutput:
@@ -151,10 +155,12 @@ class VLMPool:
         self._ongoing += 1
         try:
             engine, request = await self._engine_for(request)
+            height, width = request.image.shape[:2]
             yield {
                 "level": request.level,
                 "explanation_max_chars": request.explanation_max_chars,
                 "engine": engine.name,
+                "analysed_size": (int(width), int(height)),
             }
             async for delta in engine.stream(request):
                 yield delta

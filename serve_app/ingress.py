@@ -537,6 +537,7 @@ class Ingress:
                 elapsed_ms=(time.perf_counter() - engine_started) * 1000.0,
                 level=served["level"],
                 explanation_max_chars=served["explanation_max_chars"],
+                analysed_size=served["analysed_size"],
             )
             result = await self._structurer.structure.remote(
                 output, self._structure_context(prepared, request_id), self._cache_key(prepared)

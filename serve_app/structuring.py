@@ -16,6 +16,7 @@ from typing import Any
 
 from serve_app.config import StructurerUserConfig
 from serve_app.engines.base import EngineOutput
+from serve_app.imaging import visual_tokens
 from serve_app.labels import EMOTION_ZH, normalise_emotion, normalise_intent
 from serve_app.parsing import extract_object
 from serve_app.risk import assess_risk
@@ -348,6 +349,20 @@ def parse_model_text(text: object) -> tuple[Fields, list[str]]:
     return fields, warnings
 
 
+def _analysed(image: ImageInfo, size: tuple[int, int] | None) -> ImageInfo:
+    """The image facts with the size the engine was really given (a level may shrink it)."""
+    if size is None or size == (image.analysed_width, image.analysed_height):
+        return image
+    width, height = size
+    return image.model_copy(
+        update={
+            "analysed_width": width,
+            "analysed_height": height,
+            "visual_tokens": visual_tokens(width, height),
+        }
+    )
+
+
 def build_analysis(
     output: EngineOutput,
     context: StructureContext,
@@ -379,7 +394,7 @@ def build_analysis(
             model=output.model,
             cache=CacheInfo(hit=False),
             degradation_level=(context.degradation_level if output.level is None else output.level),
-            image=context.image,
+            image=_analysed(context.image, output.analysed_size),
             timings_ms=Timings(
                 preprocess=round(context.preprocess_ms, 2),
                 engine=round(output.elapsed_ms, 2),

@@ -79,6 +79,8 @@ class EngineOutput:
     """The degradation level the VLM pool served the request at (None: as prepared)."""
     explanation_max_chars: int | None = None
     """That level's explanation cap (None: as prepared)."""
+    analysed_size: tuple[int, int] | None = None
+    """(width, height) of the image the engine was given (None: as prepared)."""
 
 
 @dataclass(frozen=True)

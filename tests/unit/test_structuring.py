@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -331,3 +332,18 @@ def test_evidence_is_bounded() -> None:
     assert len(analysis.evidence.ocr_text) == 50
     assert all(len(item) == 200 for item in analysis.evidence.ocr_text)
     assert analysis.evidence.slang == ["yyds", "绝绝子"]
+
+
+def test_the_level_the_pool_served_at_wins_over_the_prepared_one() -> None:
+    output = dataclasses.replace(
+        _output(_answer(explanation="很长的解释。" * 20)),
+        level=2,
+        explanation_max_chars=12,
+        analysed_size=(224, 224),
+    )
+    analysis = build_analysis(output, _context(level=0, cap=300), StructurerUserConfig())
+    assert analysis.meta.degradation_level == 2
+    assert len(analysis.explanation) <= 12
+    image = analysis.meta.image
+    assert (image.analysed_width, image.analysed_height, image.visual_tokens) == (224, 224, 64)
+    assert (image.width, image.height) == (_context().image.width, _context().image.height)
