@@ -33,9 +33,11 @@ export MEMESERVE_REQUIRE_REDIS := 1
 BENCH_ENGINE_ARGS ?=
 BENCH_DEDUPE_ARGS ?=
 BENCH_OVERLOAD_ARGS ?=
+LOADTEST_ARGS ?=
+URL ?=
 
 .PHONY: help install run test test-unit test-integration test-e2e check lint typecheck \
-        check-config bench bench-engine bench-dedupe bench-overload system-deps clean \
+        check-config bench bench-engine bench-dedupe bench-overload loadtest system-deps clean \
         vllm-contract-env tiny-glm4v
 
 help:
@@ -45,6 +47,7 @@ help:
 	@echo "make tiny-glm4v  write the tiny random GLM-4.xV checkpoint to $(TINY_GLM4V)"
 	@echo "make check-config  validate every shipped profile"
 	@echo "make bench    latency of the running graph (starts the CPU profile itself)"
+	@echo "make loadtest  Locust against URL=... (or the CPU profile it starts); report in artifacts/loadtest/"
 	@echo "make bench-dedupe  near-duplicate recall, false merges, lookup time (this project vs pHash/dHash)"
 	@echo "make bench-overload  ~3x overload with the load controller off, then on"
 	@echo "make bench-engine  GLM-4.6V-Flash-sized random model via the transformers engine (CUDA GPU; BENCH_ENGINE_ARGS=...)"
@@ -119,6 +122,9 @@ check-config: install
 
 bench: install system-deps
 	$(PY) -m loadtest.bench_latency --config $(CONFIG)
+
+loadtest: install system-deps
+	$(PY) -m loadtest.run_loadtest $(if $(URL),--url $(URL),--config $(CONFIG)) $(LOADTEST_ARGS)
 
 bench-dedupe: install system-deps
 	$(PY) -m loadtest.bench_dedupe $(BENCH_DEDUPE_ARGS)

@@ -127,11 +127,75 @@ def controller_config(application: Mapping[str, Any]) -> ControllerUserConfig:
 
 
 def check_file(path: Path) -> list[ConfigProblem]:
-    """Problems in one config file (empty list: valid)."""
+    """Problems in one config file (empty list: valid): a Serve config or a RayService."""
     document, problems = load_yaml(path)
     if problems:
         return problems
+    if isinstance(document, Mapping) and document.get("kind") == "RayService":
+        return check_rayservice(document, str(path))
     return check_serve_config(document, str(path))
+
+
+_EMBEDDED = "spec.serveConfigV2"
+
+
+def check_rayservice(document: Mapping[str, Any], file: str) -> list[ConfigProblem]:
+    """Problems in a KubeRay ``RayService``: its embedded Serve config, Ray version, GPUs."""
+    import ray
+
+    problems: list[ConfigProblem] = []
+    if document.get("apiVersion") != "ray.io/v1":
+        problems.append(ConfigProblem(file, "apiVersion", "must be 'ray.io/v1' (KubeRay)"))
+    spec = document.get("spec") or {}
+    text = spec.get("serveConfigV2")
+    if not isinstance(text, str):
+        reason = "must be the Serve config as a YAML string (a `|` block)"
+        return [*problems, ConfigProblem(file, _EMBEDDED, reason)]
+    try:
+        embedded = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return [*problems, ConfigProblem(file, _EMBEDDED, f"invalid YAML: {exc}")]
+    for problem in check_serve_config(embedded, file):
+        path = f"{_EMBEDDED}.{problem.path}" if problem.path else _EMBEDDED
+        problems.append(ConfigProblem(file, path, problem.reason))
+    cluster = spec.get("rayClusterConfig") or {}
+    version = str(cluster.get("rayVersion", ""))
+    if version != ray.__version__:
+        problems.append(
+            ConfigProblem(
+                file,
+                "spec.rayClusterConfig.rayVersion",
+                f"{version!r} differs from the Ray memeserve runs on ({ray.__version__})",
+            )
+        )
+    if _asks_for_gpus(embedded) and not _offers_gpus(cluster):
+        problems.append(
+            ConfigProblem(
+                file,
+                "spec.rayClusterConfig.workerGroupSpecs",
+                "a deployment asks for num_gpus but no worker group's containers have an "
+                "nvidia.com/gpu limit: its replicas would never be scheduled",
+            )
+        )
+    return problems
+
+
+def _asks_for_gpus(document: Any) -> bool:
+    if not isinstance(document, Mapping):
+        return False
+    return any(
+        float((deployment.get("ray_actor_options") or {}).get("num_gpus") or 0) > 0
+        for application in document.get("applications") or []
+        for deployment in application.get("deployments") or []
+    )
+
+
+def _offers_gpus(cluster: Mapping[str, Any]) -> bool:
+    return any(
+        "nvidia.com/gpu" in ((container.get("resources") or {}).get("limits") or {})
+        for group in cluster.get("workerGroupSpecs") or []
+        for container in ((group.get("template") or {}).get("spec") or {}).get("containers") or []
+    )
 
 
 def http_address(path: Path) -> tuple[str, int]:

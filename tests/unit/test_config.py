@@ -165,3 +165,42 @@ def test_check_config_command_exit_status(
     assert main(["check-config", str(bad)]) == 1
     out = capsys.readouterr().out
     assert "applications[0].args.cache.ttl_s" in out and str(bad) in out
+
+
+RAYSERVICE = ROOT / "autoscale_configs/kuberay-rayservice.yaml"
+
+
+def test_the_rayservice_embeds_the_t4_profile_verbatim() -> None:
+    manifest = yaml.safe_load(RAYSERVICE.read_text("utf-8"))
+    embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    t4 = yaml.safe_load((ROOT / "autoscale_configs/t4.yaml").read_text("utf-8"))
+    assert embedded == t4, "edit t4.yaml, then paste its Serve config into serveConfigV2"
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected_path"),
+    [
+        (
+            lambda m: m["spec"].update(
+                serveConfigV2=m["spec"]["serveConfigV2"].replace("kind: vllm", "kind: gpt")
+            ),
+            "spec.serveConfigV2.applications[0].args.engine.kind",
+        ),
+        (
+            lambda m: m["spec"]["rayClusterConfig"].update(rayVersion="2.9.0"),
+            "spec.rayClusterConfig.rayVersion",
+        ),
+        (
+            lambda m: m["spec"]["rayClusterConfig"]["workerGroupSpecs"].pop(),
+            "spec.rayClusterConfig.workerGroupSpecs",
+        ),
+        (lambda m: m["spec"].update(serveConfigV2={"applications": []}), "spec.serveConfigV2"),
+        (lambda m: m.update(apiVersion="ray.io/v1alpha1"), "apiVersion"),
+    ],
+)
+def test_rayservice_problems_name_the_path(tmp_path: Path, mutate, expected_path: str) -> None:  # type: ignore[no-untyped-def]
+    manifest = yaml.safe_load(RAYSERVICE.read_text("utf-8"))
+    mutate(manifest)
+    path = _write(tmp_path, manifest)
+    rendered = [str(p) for p in check_file(path)]
+    assert any(r.startswith(f"{path}: {expected_path}") for r in rendered), rendered
