@@ -7,7 +7,6 @@ replicas: the level follows the new `force_level` and no replica is replaced.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -80,5 +79,4 @@ def test_serve_deploy_changes_the_level_live_without_restarts(tmp_path: Path) ->
         assert meta["degradation_level"] == 2 and meta["image"]["visual_tokens"] <= 64
         stop_and_check(service, url)
     finally:
-        if service.process.poll() is None:
-            os.killpg(service.process.pid, signal.SIGKILL)
+        service.ensure_stopped()

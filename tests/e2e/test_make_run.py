@@ -70,6 +70,17 @@ class Service:
         os.killpg(self.process.pid, signal.SIGINT)
         return self.process.wait(timeout=120)
 
+    def ensure_stopped(self) -> None:
+        """After a failure: Ctrl-C first, so `memeserve run` stops the Ray cluster it
+        started (`serve run` is in its own session: killing this group would orphan it),
+        then SIGKILL if it did not stop in time."""
+        if self.process.poll() is not None:
+            return
+        try:
+            self.interrupt()
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+
 
 def shipped_profile_on_free_port(name: str, directory: Path) -> Path:
     """A copy of a shipped profile on a free port (so a running `make run` is not disturbed)."""
@@ -104,8 +115,7 @@ def service(profile: Path) -> Iterator[Service]:
     try:
         yield service
     finally:
-        if service.process.poll() is None:
-            os.killpg(service.process.pid, signal.SIGKILL)
+        service.ensure_stopped()
 
 
 def test_make_run_serves_then_stops_cleanly_on_ctrl_c(service: Service, profile: Path) -> None:
@@ -146,5 +156,4 @@ def test_make_run_on_the_tiny_glm4v_profile_builds_its_checkpoint_and_serves(
         assert (meta["engine"], meta["model"]) == ("transformers", "tiny-glm4v-random@tiny-1")
         stop_and_check(service, url)
     finally:
-        if service.process.poll() is None:
-            os.killpg(service.process.pid, signal.SIGKILL)
+        service.ensure_stopped()

@@ -11,7 +11,6 @@ import base64
 import importlib.util
 import math
 import os
-import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,8 +69,7 @@ def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
         stop_and_check(service, url)
     finally:
-        if service.process.poll() is None:
-            os.killpg(service.process.pid, signal.SIGKILL)
+        service.ensure_stopped()
 
 
 @pytest.fixture(scope="module")
