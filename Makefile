@@ -97,6 +97,7 @@ run: install
 	$(BIN)/memeserve run --config $(CONFIG)
 
 test: install system-deps $(VLLM_STAMP)
+	$(BIN)/memeserve check-config autoscale_configs/*.yaml
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install system-deps $(VLLM_STAMP)
