@@ -130,6 +130,10 @@ def decode_image(data: bytes, limits: Limits) -> DecodedImage:
             img: Image.Image = Image.open(BytesIO(data), formats=[fmt])
             width, height = img.size
             _check_dimensions(width, height, limits)
+            if fmt == "GIF":
+                # Pillow grows a GIF's canvas to a later frame's extent only when it seeks
+                # (decoding as it goes): bound every frame's extent before that happens.
+                _check_dimensions(*_gif_canvas(data, width, height), limits)
             frames = _frame_count(img)
             if frames > limits.max_frames:
                 raise PayloadTooLarge(
@@ -178,6 +182,31 @@ def _check_dimensions(width: int, height: int, limits: Limits) -> None:
     ratio = max(width, height) / min(width, height)
     if ratio > limits.max_aspect_ratio:
         raise BadInput(f"image aspect ratio {ratio:.0f}:1 exceeds {limits.max_aspect_ratio:.0f}:1")
+
+
+def _gif_canvas(data: bytes, width: int, height: int) -> tuple[int, int]:
+    """The canvas a GIF decoder ends up with: the screen grown to every frame's extent.
+
+    Walks the block structure (descriptors and sub-block lengths only, no pixel data);
+    a malformed or truncated structure ends the walk (the decode reports it).
+    """
+    pos = 13
+    if len(data) > 10 and data[10] & 0x80:
+        pos += 3 << ((data[10] & 7) + 1)
+    while pos < len(data):
+        block = data[pos]
+        if block == 0x2C and pos + 10 <= len(data):
+            x, y, w, h, flags = struct.unpack_from("<HHHHB", data, pos + 1)
+            width, height = max(width, x + w), max(height, y + h)
+            pos += 10 + ((3 << ((flags & 7) + 1)) if flags & 0x80 else 0) + 1
+        elif block == 0x21:
+            pos += 2
+        else:
+            break
+        while pos < len(data) and data[pos]:  # data sub-blocks, to the zero terminator
+            pos += data[pos] + 1
+        pos += 1
+    return width, height
 
 
 def _frame_count(img: Image.Image) -> int:

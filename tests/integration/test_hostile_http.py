@@ -1,0 +1,75 @@
+"""The hostile corpus over real HTTP: status, error code, a clean JSON body, service still up."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import httpx
+import pytest
+
+from loadtest.corpus import MemeSpec, meme_bytes
+from serve_app.schema import Analysis
+from tests.support.hostile import CASES, UNIT_CASES, HostileCase
+
+ANALYZE = "/v1/memes/analyze"
+# Words that would mean a stack trace or internals leaked into a client-facing body.
+LEAKS = ("traceback", 'file "', "pillow", "site-packages", "/serve_app/", "exception")
+OBSERVED: dict[str, int] = {}
+
+
+def _check(response: httpx.Response, case: HostileCase) -> None:
+    assert response.status_code == case.status, (case.name, response.text[:500])
+    lowered = response.text.lower()
+    assert not any(word in lowered for word in LEAKS), (case.name, response.text[:500])
+    body: dict[str, Any] = response.json()
+    if case.ok:
+        analysis = Analysis.model_validate(body)
+        if case.size is not None:
+            assert (analysis.meta.image.width, analysis.meta.image.height) == case.size
+        if case.frames is not None:
+            assert analysis.meta.image.frames == case.frames
+        assert response.headers["content-type"].startswith("application/json")
+        return
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert set(error) == {"code", "message", "request_id"}, error
+    assert error["code"] == case.code, (case.name, error)
+    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["request_id"], str) and error["request_id"]
+    assert case.mentions.lower() in error["message"].lower(), (case.name, error)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda case: case.name)
+def test_multipart_upload_gets_its_status(client: httpx.Client, case: HostileCase) -> None:
+    data = case.build()
+    response = client.post(
+        ANALYZE,
+        files={"image": (case.filename, data, "image/jpeg")},
+        headers={"x-request-id": f"hostile-{case.name}"},
+    )
+    OBSERVED[f"multipart:{case.name}"] = response.status_code
+    _check(response, case)
+    if not case.ok:
+        assert response.json()["error"]["request_id"] == f"hostile-{case.name}"
+
+
+@pytest.mark.parametrize("case", UNIT_CASES, ids=lambda case: case.name)
+def test_json_base64_upload_gets_its_status(client: httpx.Client, case: HostileCase) -> None:
+    data = case.build()
+    encoded = base64.b64encode(data).decode()
+    response = client.post(ANALYZE, json={"image_base64": f"data:image/jpeg;base64,{encoded}"})
+    OBSERVED[f"json:{case.name}"] = response.status_code
+    _check(response, case)
+
+
+def test_service_keeps_serving_after_the_corpus(client: httpx.Client) -> None:
+    """Runs after the corpus tests (file order): a normal meme and health still work."""
+    meme = meme_bytes(MemeSpec(template=1, top="你说得对，但是"))
+    response = client.post(ANALYZE, files={"image": ("meme.png", meme, "image/png")})
+    assert response.status_code == 200, response.text
+    analysis = Analysis.model_validate(response.json())
+    assert analysis.meta.image.width == 600
+    assert client.get("/healthz").status_code == 200
+    assert client.get("/readyz").status_code == 200
+    print("\nobserved statuses:", OBSERVED)
