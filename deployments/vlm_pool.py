@@ -9,6 +9,7 @@ the ingress's admission control).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.config import AppArgs
+from serve_app.config import AppArgs, EngineArgs
 from serve_app.degradation import LevelFollower, LevelState, tighten
 from serve_app.engines import Engine, EngineOutput, EngineRequest, create_engine
 from serve_app.load_signals import CpuSampler, GpuSampler, replica_signals
@@ -56,6 +57,7 @@ class VLMPool:
         self._args = args.engine
         self._engine = create_engine(self._args)
         self._lite: Engine | None = self._engine if self._engine.name == "lite" else None
+        self._lite_starting = asyncio.Lock()
         batcher: Any = self._generate_batch  # Serve's batch wrapper carries these setters
         batcher.set_max_batch_size(self._args.transformers.max_batch_size)
         batcher.set_batch_wait_timeout_s(self._args.transformers.batch_wait_timeout_s)
@@ -106,13 +108,18 @@ class VLMPool:
         }
         if request.route != "lite" or self._engine.name == "lite":
             return self._engine, request
-        if self._lite is None:
-            from serve_app.engines.lite import LiteEngine
+        async with self._lite_starting:  # one fallback engine, however many ask at once
+            if self._lite is None:
+                from serve_app.engines.lite import LiteEngine
 
-            lite = LiteEngine(self._args)
-            await lite.start()
-            self._lite = lite
-            logger.warning("lite fallback engine started for the top degradation level")
+                # Its own name and version: answers (and library entries) say what made them.
+                lite_args = EngineArgs(
+                    kind="lite", ocr=self._args.ocr, lexicon_path=self._args.lexicon_path
+                )
+                lite = LiteEngine(lite_args)
+                await lite.start()
+                self._lite = lite
+                logger.warning("lite fallback engine started for the top degradation level")
         return self._lite, request
 
     @staticmethod
