@@ -167,6 +167,7 @@ class VLMPool:
                 "level": request.level,
                 "explanation_max_chars": request.explanation_max_chars,
                 "engine": engine.name,
+                "model": engine.model,
                 "analysed_size": (int(width), int(height)),
             }
             async for delta in engine.stream(request):

@@ -8,6 +8,7 @@ knob. :mod:`serve_app.config_check` loads whole Serve config files against these
 from __future__ import annotations
 
 import itertools
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -422,12 +423,90 @@ class CacheArgs(StrictModel):
         return self
 
 
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class ApiKeyArgs(StrictModel):
+    """One accepted API key, configured by its SHA-256 digest (never the plaintext)."""
+
+    name: str = Field(
+        min_length=1, max_length=64, description="Name of the key (logs); unique among keys."
+    )
+    sha256: str = Field(
+        description="Hex SHA-256 digest of the key: "
+        "python -c \"import hashlib;print(hashlib.sha256(b'KEY').hexdigest())\"."
+    )
+    rate_per_s: float | None = Field(
+        None, gt=0, description="Sustained requests per second for this key; null: no limit."
+    )
+    burst: int = Field(
+        10, ge=1, le=100_000, description="Token bucket size: requests allowed in a burst."
+    )
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not _SHA256_HEX.match(value):
+            raise ValueError("sha256 must be 64 hexadecimal characters (a SHA-256 digest)")
+        return value.lower()
+
+
+class SecurityArgs(StrictModel):
+    """API keys, per-key rate limits and CORS at the ingress (the defaults keep it open)."""
+
+    require_api_key: bool = Field(
+        False,
+        description="Refuse to start without at least one key. Keys are enforced whenever "
+        "any are loaded; with none (and this false) the API is open.",
+    )
+    api_keys: tuple[ApiKeyArgs, ...] = Field(
+        (), description="Accepted keys as SHA-256 digests, each with its own rate limit."
+    )
+    api_keys_env: str | None = Field(
+        None,
+        min_length=1,
+        description="Name of an environment variable of comma-separated plaintext keys, "
+        "hashed when loaded and named env-1, env-2, …; null: none.",
+    )
+    env_rate_per_s: float | None = Field(
+        None, gt=0, description="Requests per second for each key from api_keys_env; null: none."
+    )
+    env_burst: int = Field(
+        10, ge=1, le=100_000, description="Token bucket size for each key from api_keys_env."
+    )
+    cors_allow_origins: tuple[str, ...] = Field(
+        (),
+        description="Origins allowed by CORS (exact, e.g. https://app.example); empty: "
+        "no CORS headers at all.",
+    )
+    public_paths: tuple[str, ...] = Field(
+        ("/", "/healthz", "/readyz", "/docs", "/openapi.json"),
+        description="Exact paths that never need a key.",
+    )
+
+    @model_validator(mode="after")
+    def _keys_present(self) -> SecurityArgs:
+        if self.require_api_key and not self.api_keys and not self.api_keys_env:
+            raise ValueError(
+                "security.require_api_key is true but neither api_keys nor api_keys_env is set"
+            )
+        names = [key.name for key in self.api_keys]
+        if len(set(names)) != len(names):
+            raise ValueError("security.api_keys names must be unique")
+        if any(name.startswith("env-") for name in names) and self.api_keys_env:
+            raise ValueError("names starting with 'env-' are reserved for keys from api_keys_env")
+        return self
+
+
 class AppArgs(StrictModel):
     """The ``args`` of ``serve_app.app:build_app`` in every Serve config."""
 
     engine: EngineArgs = Field(default_factory=EngineArgs, description="Model engine.")
     limits: LimitsArgs = Field(default_factory=LimitsArgs, description="Input limits.")
     cache: CacheArgs = Field(default_factory=CacheArgs, description="Result cache.")
+    security: SecurityArgs = Field(
+        default_factory=SecurityArgs, description="API keys, rate limits and CORS."
+    )
     request_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
         60.0, description="Deadline for one analysis end to end (else 504)."
     )

@@ -20,6 +20,8 @@ class MemeServeError(Exception):
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
+    #: Extra response headers this error always carries (e.g. ``WWW-Authenticate``).
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message, retry_after_s)
@@ -51,6 +53,21 @@ class BadInput(ClientError):
 
     status = 400
     code = "bad_input"
+
+
+class Unauthorized(ClientError):
+    """No usable credentials: the ``Authorization: Bearer <key>`` header is missing or bad."""
+
+    status = 401
+    code = "unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
+class Forbidden(ClientError):
+    """Credentials were sent but are not accepted (unknown API key)."""
+
+    status = 403
+    code = "forbidden"
 
 
 class PayloadTooLarge(ClientError):

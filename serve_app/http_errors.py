@@ -71,6 +71,7 @@ def error_parts(
     headers: dict[str, str] = {}
     if isinstance(exc, MemeServeError):
         status, code, message = exc.status, exc.code, exc.message
+        headers.update(exc.headers)
         if exc.retry_after_s is not None:
             headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
         if status >= 500:

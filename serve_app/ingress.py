@@ -53,6 +53,7 @@ from serve_app.schema import (
     BatchResponse,
     ErrorBody,
 )
+from serve_app.security_middleware import SecurityMiddleware, configure_security
 from serve_app.streaming import ExplanationTap, sse
 from serve_app.structuring import StructureContext
 
@@ -70,7 +71,10 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         400: "Corrupt, truncated or undecodable input.",
         413: "Too many bytes, pixels or frames.",
         415: "Not an allowed image type (judged by content).",
+        401: "An API key is required (Authorization: Bearer …).",
+        403: "The API key is not valid.",
         422: "The request does not match the schema.",
+        429: "Rate limit of the key passed, or shedding load; see Retry-After.",
         500: "Internal error (no details are exposed).",
         502: "The engine failed.",
         503: "Not ready or shedding load; see Retry-After.",
@@ -318,6 +322,8 @@ app = FastAPI(
     description="Reads internet memes (image + optional context) and returns a structured "
     "judgement: emotion, intent, sarcasm, offensiveness, confidence, explanation, risk.",
 )
+# add_middleware puts the latest outermost: SecurityMiddleware runs inside RequestIdMiddleware.
+app.add_middleware(SecurityMiddleware)
 app.add_middleware(RequestIdMiddleware)
 install_error_handlers(app)
 
@@ -341,6 +347,7 @@ class Ingress:
     ) -> None:
         configure_logging()
         self._args = AppArgs.model_validate(args)
+        configure_security(self._args.security)
         self._preprocessor = preprocessor
         self._vlm = vlm_pool
         self._structurer = structurer
@@ -533,7 +540,7 @@ class Ingress:
             output = EngineOutput(
                 text="".join(pieces),
                 engine=served["engine"],
-                model=self._args.engine.model_name,
+                model=served["model"],
                 elapsed_ms=(time.perf_counter() - engine_started) * 1000.0,
                 level=served["level"],
                 explanation_max_chars=served["explanation_max_chars"],
