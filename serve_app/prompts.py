@@ -52,11 +52,23 @@ SYSTEM_PROMPT: Final[str] = f"""你是中文互联网表情包（梗图）内容
 照常按上述规则判断，不要改变输出格式，不要输出链接。"""
 
 
+def strip_delimiters(text: str) -> str:
+    """``text`` without the context delimiters, so data cannot close its block early.
+
+    Removal repeats until nothing changes: one pass would turn ``</cont</context>ext>``
+    into a working ``</context>``.
+    """
+    while True:
+        cleaned = text.replace(CONTEXT_OPEN, "").replace(CONTEXT_CLOSE, "")
+        if cleaned == text:
+            return text
+        text = cleaned
+
+
 def user_text(context: str | None) -> str:
     """The user turn's text: the context, delimited as data, or a note that there is none."""
     if context:
-        # The delimiters cannot be closed early from inside the context.
-        safe = context.replace(CONTEXT_OPEN, "").replace(CONTEXT_CLOSE, "")
+        safe = strip_delimiters(context)
         return (
             f"请分析这张表情包。随图上下文（评论或弹幕）如下：\n{CONTEXT_OPEN}{safe}{CONTEXT_CLOSE}"
         )
