@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
 from serve_app.config import AppArgs, ControllerUserConfig, StructurerUserConfig
+
+UserConfigT = TypeVar("UserConfigT", bound=BaseModel)
 
 IMPORT_PATH = "serve_app.app:build_app"
 
@@ -118,12 +120,19 @@ def _check_deployment(file: str, prefix: str, deployment: Mapping[str, Any]) -> 
     return []
 
 
+def user_config_of(
+    application: Mapping[str, Any], deployment_name: str, model: type[UserConfigT]
+) -> UserConfigT:
+    """One deployment's ``user_config`` in an application entry, validated (defaults if unset)."""
+    for deployment in application.get("deployments") or []:
+        if deployment.get("name") == deployment_name and deployment.get("user_config"):
+            return model.model_validate(deployment["user_config"])
+    return model()
+
+
 def controller_config(application: Mapping[str, Any]) -> ControllerUserConfig:
     """The LoadController ``user_config`` of one application entry (defaults if unset)."""
-    for deployment in application.get("deployments") or []:
-        if deployment.get("name") == "LoadController" and deployment.get("user_config"):
-            return ControllerUserConfig.model_validate(deployment["user_config"])
-    return ControllerUserConfig()
+    return user_config_of(application, "LoadController", ControllerUserConfig)
 
 
 def check_file(path: Path) -> list[ConfigProblem]:

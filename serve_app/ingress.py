@@ -55,7 +55,6 @@ from serve_app.schema import (
 )
 from serve_app.security_middleware import SecurityMiddleware, configure_security
 from serve_app.streaming import ExplanationTap, sse
-from serve_app.structuring import StructureContext
 
 logger = logging.getLogger(__name__)
 
@@ -547,7 +546,7 @@ class Ingress:
                 analysed_size=served["analysed_size"],
             )
             result = await self._structurer.structure.remote(
-                output, self._structure_context(prepared, request_id), self._cache_key(prepared)
+                output, prepared.structure_context(request_id), self._cache_key(prepared)
             )
         yield sse("result", _finish(result, request_id, started))
 
@@ -566,7 +565,7 @@ class Ingress:
             # The DeploymentResponse goes straight to the Structurer as a top-level argument.
             output = self._vlm.generate.remote(prepared.request)
             analysis: dict[str, Any] = await self._structurer.structure.remote(
-                output, self._structure_context(prepared, request_id), self._cache_key(prepared)
+                output, prepared.structure_context(request_id), self._cache_key(prepared)
             )
         return analysis
 
@@ -603,16 +602,6 @@ class Ingress:
 
     def _cache_key(self, prepared: Prepared) -> StoreKey | None:
         return prepared.key if self._args.cache.enabled else None
-
-    @staticmethod
-    def _structure_context(prepared: Prepared, request_id: str) -> StructureContext:
-        return StructureContext(
-            request_id=request_id,
-            degradation_level=prepared.request.level,
-            image=prepared.image,
-            preprocess_ms=prepared.preprocess_ms,
-            explanation_max_chars=prepared.explanation_max_chars,
-        )
 
     @app.get("/", summary="The web page", response_class=HTMLResponse)
     async def page(self) -> HTMLResponse:

@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from serve_app.config import AppArgs, ControllerUserConfig, StructurerUserConfig
-from serve_app.config_check import controller_config, load_yaml
+from serve_app.config_check import load_yaml, user_config_of
 from serve_app.engines import Engine, EngineOutput, create_engine
 from serve_app.errors import ClientError
 from serve_app.fingerprint_library import FingerprintLibrary
 from serve_app.library_backends import LibraryBackend, LibraryRecord
-from serve_app.preprocessing import Keyed, build_request, key_upload
-from serve_app.structuring import StructureContext, build_analysis
+from serve_app.preprocessing import Prepared, build_request, key_upload
+from serve_app.structuring import build_analysis
 
 logger = logging.getLogger(__name__)
 
@@ -55,14 +55,10 @@ def load_profile(path: Path) -> Profile:
     if not applications:
         raise ValueError(f"{path}: no applications")
     application = applications[0]
-    structurer = StructurerUserConfig()
-    for deployment in application.get("deployments") or []:
-        if deployment.get("name") == "Structurer" and deployment.get("user_config"):
-            structurer = StructurerUserConfig.model_validate(deployment["user_config"])
     return Profile(
         args=AppArgs.model_validate(application.get("args") or {}),
-        controller=controller_config(application),
-        structurer=structurer,
+        controller=user_config_of(application, "LoadController", ControllerUserConfig),
+        structurer=user_config_of(application, "Structurer", StructurerUserConfig),
     )
 
 
@@ -117,16 +113,15 @@ def import_directory(
                 keyed = key_upload(
                     path.read_bytes(), context, args=args, fingerprinter=library.fingerprinter
                 )
+                prepared = build_request(keyed, request_id=f"import-{index}", args=args, row=row)
                 output = _sidecar_output(path, args.engine.model_name)
                 if output is None:
                     if engine is None:
                         engine = create_engine(args.engine)
                         loop.run_until_complete(engine.start())
-                    output = loop.run_until_complete(
-                        _analyse(engine, keyed, profile, f"import-{index}")
-                    )
+                    output = loop.run_until_complete(engine.generate(prepared.request))
                     report.analysed.append(name)
-                analysis = _structured(output, keyed, profile, f"import-{index}")
+                analysis = _structured(output, prepared, profile)
             except (ClientError, OSError, ValueError) as exc:
                 report.failed[name] = str(exc)
                 continue
@@ -141,26 +136,8 @@ def import_directory(
     return report
 
 
-async def _analyse(engine: Engine, keyed: Keyed, profile: Profile, request_id: str) -> EngineOutput:
-    prepared = build_request(
-        keyed, request_id=request_id, args=profile.args, row=profile.controller.level(0)
-    )
-    return await engine.generate(prepared.request)
-
-
-def _structured(
-    output: EngineOutput, keyed: Keyed, profile: Profile, request_id: str
-) -> dict[str, Any]:
-    prepared = build_request(
-        keyed, request_id=request_id, args=profile.args, row=profile.controller.level(0)
-    )
-    context = StructureContext(
-        request_id=request_id,
-        degradation_level=0,
-        image=prepared.image,
-        preprocess_ms=prepared.preprocess_ms,
-        explanation_max_chars=prepared.explanation_max_chars,
-    )
+def _structured(output: EngineOutput, prepared: Prepared, profile: Profile) -> dict[str, Any]:
+    context = prepared.structure_context(prepared.request.request_id)
     analysis = build_analysis(output, context, profile.structurer)
     if "unparseable_model_output" in analysis.meta.warnings:
         raise ValueError("the analysis is not a JSON object the structurer can read")

@@ -22,6 +22,7 @@ from serve_app.fingerprint import Fingerprinter
 from serve_app.fingerprint_library import StoreKey, scope_of
 from serve_app.imaging import DecodedImage, Limits, decode_image, resize_to_budget, visual_tokens
 from serve_app.schema import ImageInfo
+from serve_app.structuring import StructureContext
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,16 @@ class Prepared:
     image: ImageInfo
     preprocess_ms: float
     explanation_max_chars: int
+
+    def structure_context(self, request_id: str) -> StructureContext:
+        """What the Structurer needs besides the model's text, for this request."""
+        return StructureContext(
+            request_id=request_id,
+            degradation_level=self.request.level,
+            image=self.image,
+            preprocess_ms=self.preprocess_ms,
+            explanation_max_chars=self.explanation_max_chars,
+        )
 
 
 @dataclass(frozen=True)
