@@ -22,8 +22,9 @@ from serve_app.engines.base import EngineOutput
 from serve_app.errors import ClientError
 from serve_app.imaging import Limits, decode_image
 from serve_app.parsing import extract_object
-from serve_app.schema import Analysis, ImageInfo
-from serve_app.structuring import _KEY_ALIASES, StructureContext, build_analysis
+from serve_app.schema import Analysis
+from serve_app.structuring import _KEY_ALIASES, build_analysis
+from tests.support.analysis import structure_context
 
 # A modest pixel budget keeps a mutated header from asking for hundreds of MB.
 LIMITS = Limits(max_pixels=1_000_000, max_frames=64)
@@ -140,15 +141,6 @@ def test_unmutated_seeds_decode() -> None:
 
 # --------------------------------------------------------------------------- (b) structurer
 
-IMAGE = ImageInfo(
-    width=640,
-    height=480,
-    frames=1,
-    format="PNG",
-    analysed_width=616,
-    analysed_height=448,
-    visual_tokens=352,
-)
 KNOWN_KEYS = sorted({alias for aliases in _KEY_ALIASES.values() for alias in aliases})
 WRAPPERS = ["analysis", "result", "output", "data", "结果"]
 LABEL_WORDS = [
@@ -225,13 +217,7 @@ def _analyse(text: str, *, cap: int = 300, output_cap: int | None = None) -> Ana
         elapsed_ms=1.5,
         explanation_max_chars=output_cap,
     )
-    context = StructureContext(
-        request_id="req-prop",
-        degradation_level=0,
-        image=IMAGE,
-        preprocess_ms=0.5,
-        explanation_max_chars=cap,
-    )
+    context = structure_context(cap=cap, preprocess_ms=0.5)
     analysis = build_analysis(output, context, StructurerUserConfig(), structure_ms=0.1)
     validated = Analysis.model_validate(analysis.model_dump())
     Analysis.model_validate_json(analysis.model_dump_json())

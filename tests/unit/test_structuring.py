@@ -12,23 +12,14 @@ from serve_app.config import RiskThresholds, StructurerUserConfig
 from serve_app.engines.base import EngineOutput
 from serve_app.labels import EMOTION_ZH, EMOTIONS
 from serve_app.risk import assess_risk
-from serve_app.schema import Analysis, ImageInfo
+from serve_app.schema import Analysis
 from serve_app.structuring import (
     FALLBACK_EXPLANATION,
     MISSING_EXPLANATION,
     StructureContext,
     build_analysis,
 )
-
-IMAGE = ImageInfo(
-    width=640,
-    height=480,
-    frames=1,
-    format="PNG",
-    analysed_width=616,
-    analysed_height=448,
-    visual_tokens=352,
-)
+from tests.support.analysis import IMAGE, structure_context
 
 
 def _answer(**overrides: Any) -> str:
@@ -56,13 +47,7 @@ def _output(text: str, *, elapsed_ms: float = 12.3456) -> EngineOutput:
 
 
 def _context(*, level: int = 0, cap: int = 300, preprocess_ms: float = 3.14159) -> StructureContext:
-    return StructureContext(
-        request_id="req-123",
-        degradation_level=level,
-        image=IMAGE,
-        preprocess_ms=preprocess_ms,
-        explanation_max_chars=cap,
-    )
+    return structure_context(level=level, cap=cap, preprocess_ms=preprocess_ms)
 
 
 def _build(text: str, config: StructurerUserConfig | None = None, **context: Any) -> Analysis:
