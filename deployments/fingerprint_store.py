@@ -18,8 +18,20 @@ from serve_app.config import CacheArgs
 from serve_app.fingerprint_library import FingerprintLibrary, LibraryHit, StoreKey, library_from
 from serve_app.library_backends import LibraryUnavailable
 from serve_app.request_context import configure_logging
+from serve_app.service_metrics import count_cache_lookup
+from serve_app.tracing import annotate, stage
 
 logger = logging.getLogger(__name__)
+
+
+def _observed(kind: str, hit: LibraryHit | None) -> LibraryHit | None:
+    """Count one lookup by kind and result, and note the result on its span."""
+    result = hit.match if hit is not None else "miss"
+    annotate(
+        {"memeserve.cache.match": result, "memeserve.cache.distance": hit.distance if hit else None}
+    )
+    count_cache_lookup(kind, result)
+    return hit
 
 
 @serve.deployment(
@@ -66,13 +78,15 @@ class FingerprintStore:
         """The stored analysis for bytes already seen in this scope (no decoding), or None."""
         if self._library is None:
             return None
-        return self._library.lookup_upload(upload, max_level)
+        with stage("cache_lookup", {"memeserve.cache.kind": "upload"}):
+            return _observed("upload", self._library.lookup_upload(upload, max_level))
 
     def lookup(self, key: StoreKey, max_level: int) -> LibraryHit | None:
         """The stored analysis for ``key`` produced at ``max_level`` or better, or ``None``."""
         if self._library is None:
             return None
-        return self._library.lookup(key, max_level)
+        with stage("cache_lookup", {"memeserve.cache.kind": "fingerprint"}):
+            return _observed("fingerprint", self._library.lookup(key, max_level))
 
     def store(self, key: StoreKey, analysis: dict[str, Any], level: int) -> bool:
         """Store a fresh analysis; returns whether it was stored."""

@@ -21,6 +21,7 @@ from serve_app.fingerprint import Fingerprinter
 from serve_app.fingerprint_library import LibraryHit
 from serve_app.preprocessing import CacheHit, Prepared, build_request, key_upload
 from serve_app.request_context import configure_logging, set_request_id
+from serve_app.tracing import stage
 
 logger = logging.getLogger(__name__)
 
@@ -65,28 +66,52 @@ class Preprocessor:
         a hit remembers it, so the same bytes sent again skip this step.
         """
         set_request_id(request_id)
-        # Decoding and hashing are CPU work (Pillow and numpy release the GIL): keep the
-        # event loop free.
-        keyed = await asyncio.to_thread(
-            key_upload,
-            data,
-            text,
-            args=self._args,
-            fingerprinter=self._fingerprinter,
-            upload=upload,
-        )
-        row = self._levels.state.row
-        if self._args.cache.enabled:
-            hit: LibraryHit | None = await self._store.lookup.remote(keyed.key, row.level)
-            if hit is not None:
-                logger.info("%s cache hit (distance %d)", hit.match, hit.distance)
-                return CacheHit(
-                    analysis=hit.analysis,
-                    level=hit.level,
-                    preprocess_ms=(time.perf_counter() - keyed.started) * 1000.0,
-                    match=hit.match,
-                    distance=hit.distance,
-                )
-        return await asyncio.to_thread(
-            build_request, keyed, request_id=request_id, args=self._args, row=row, deadline=deadline
-        )
+        with stage("preprocess", {"request_id": request_id, "memeserve.bytes": len(data)}) as span:
+            # Decoding and hashing are CPU work (Pillow and numpy release the GIL): keep
+            # the event loop free.
+            keyed = await asyncio.to_thread(
+                key_upload,
+                data,
+                text,
+                args=self._args,
+                fingerprinter=self._fingerprinter,
+                upload=upload,
+            )
+            decoded = keyed.decoded
+            row = self._levels.state.row
+            span.set_attributes(
+                {
+                    "memeserve.image.format": decoded.format,
+                    "memeserve.image.width": decoded.width,
+                    "memeserve.image.height": decoded.height,
+                    "memeserve.image.frames": decoded.frames,
+                    "memeserve.level": row.level,
+                }
+            )
+            if self._args.cache.enabled:
+                hit: LibraryHit | None = await self._store.lookup.remote(keyed.key, row.level)
+                span.set_attribute("memeserve.cache.match", hit.match if hit else "miss")
+                if hit is not None:
+                    logger.info("%s cache hit (distance %d)", hit.match, hit.distance)
+                    return CacheHit(
+                        analysis=hit.analysis,
+                        level=hit.level,
+                        preprocess_ms=(time.perf_counter() - keyed.started) * 1000.0,
+                        match=hit.match,
+                        distance=hit.distance,
+                    )
+            prepared = await asyncio.to_thread(
+                build_request,
+                keyed,
+                request_id=request_id,
+                args=self._args,
+                row=row,
+                deadline=deadline,
+            )
+            span.set_attributes(
+                {
+                    "memeserve.image.analysed_width": prepared.image.analysed_width or 0,
+                    "memeserve.image.analysed_height": prepared.image.analysed_height or 0,
+                }
+            )
+            return prepared

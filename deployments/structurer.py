@@ -14,6 +14,7 @@ from serve_app.engines import EngineOutput
 from serve_app.fingerprint_library import StoreKey
 from serve_app.request_context import configure_logging, set_request_id
 from serve_app.structuring import StructureContext, build_analysis
+from serve_app.tracing import stage
 
 logger = logging.getLogger(__name__)
 
@@ -40,10 +41,22 @@ class Structurer:
     ) -> dict[str, Any]:
         """Build the analysis for ``output`` and store it in the library under ``store_key``."""
         set_request_id(context.request_id)
-        started = time.perf_counter()
-        analysis = build_analysis(output, context, self._config)
-        analysis.meta.timings_ms.structure = round((time.perf_counter() - started) * 1000.0, 2)
-        result = analysis.model_dump(mode="json")
-        if store_key is not None and "unparseable_model_output" not in analysis.meta.warnings:
-            await self._store.store.remote(store_key, result, analysis.meta.degradation_level)
+        with stage("structure", {"request_id": context.request_id}) as span:
+            started = time.perf_counter()
+            analysis = build_analysis(output, context, self._config)
+            analysis.meta.timings_ms.structure = round((time.perf_counter() - started) * 1000.0, 2)
+            result = analysis.model_dump(mode="json")
+            warnings = analysis.meta.warnings
+            stored = store_key is not None and "unparseable_model_output" not in warnings
+            span.set_attributes(
+                {
+                    "memeserve.emotion": analysis.emotion,
+                    "memeserve.intent": analysis.intent,
+                    "memeserve.risk": analysis.risk.level,
+                    "memeserve.warnings": ",".join(warnings),
+                    "memeserve.stored": stored,
+                }
+            )
+            if stored:
+                await self._store.store.remote(store_key, result, analysis.meta.degradation_level)
         return result

@@ -23,6 +23,8 @@ from serve_app.degradation import LevelFollower, LevelState, tighten
 from serve_app.engines import Engine, EngineOutput, EngineRequest, create_engine
 from serve_app.load_signals import CpuSampler, GpuSampler, replica_signals
 from serve_app.request_context import configure_logging, set_request_id
+from serve_app.service_metrics import count_tokens
+from serve_app.tracing import annotate, stage
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +127,15 @@ class VLMPool:
     @staticmethod
     def _served(output: EngineOutput, request: EngineRequest) -> EngineOutput:
         height, width = request.image.shape[:2]
+        count_tokens(output.engine, output.prompt_tokens, output.output_tokens)
+        annotate(
+            {
+                "memeserve.engine": output.engine,
+                "memeserve.model": output.model,
+                "memeserve.tokens.prompt": output.prompt_tokens,
+                "memeserve.tokens.output": output.output_tokens,
+            }
+        )
         return dataclasses.replace(
             output,
             level=request.level,
@@ -137,15 +148,31 @@ class VLMPool:
         set_request_id(request.request_id)
         self._ongoing += 1
         try:
-            engine, request = await self._engine_for(request)
-            if engine is not self._engine or not engine.supports_batching:
-                return self._served(await engine.generate(request), request)
-            result = await self._generate_batch(request)
-            if isinstance(result, BaseException):
-                raise result
-            return self._served(result, request)
+            with stage("engine", {"request_id": request.request_id}):
+                engine, request = await self._engine_for(request)
+                self._annotate(request)
+                if engine is not self._engine or not engine.supports_batching:
+                    return self._served(await engine.generate(request), request)
+                result = await self._generate_batch(request)
+                if isinstance(result, BaseException):
+                    raise result
+                return self._served(result, request)
         finally:
             self._ongoing -= 1
+
+    @staticmethod
+    def _annotate(request: EngineRequest) -> None:
+        height, width = request.image.shape[:2]
+        annotate(
+            {
+                "memeserve.level": request.level,
+                "memeserve.route": request.route,
+                "memeserve.image.analysed_width": int(width),
+                "memeserve.image.analysed_height": int(height),
+                "memeserve.max_visual_tokens": request.max_visual_tokens,
+                "memeserve.max_output_tokens": request.max_output_tokens,
+            }
+        )
 
     @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.02)
     async def _generate_batch(
@@ -161,17 +188,20 @@ class VLMPool:
         set_request_id(request.request_id)
         self._ongoing += 1
         try:
-            engine, request = await self._engine_for(request)
-            height, width = request.image.shape[:2]
-            yield {
-                "level": request.level,
-                "explanation_max_chars": request.explanation_max_chars,
-                "engine": engine.name,
-                "model": engine.model,
-                "analysed_size": (int(width), int(height)),
-            }
-            async for delta in engine.stream(request):
-                yield delta
+            with stage("engine", {"request_id": request.request_id, "memeserve.stream": True}):
+                engine, request = await self._engine_for(request)
+                self._annotate(request)
+                annotate({"memeserve.engine": engine.name, "memeserve.model": engine.model})
+                height, width = request.image.shape[:2]
+                yield {
+                    "level": request.level,
+                    "explanation_max_chars": request.explanation_max_chars,
+                    "engine": engine.name,
+                    "model": engine.model,
+                    "analysed_size": (int(width), int(height)),
+                }
+                async for delta in engine.stream(request):
+                    yield delta
         finally:
             self._ongoing -= 1
 

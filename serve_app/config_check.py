@@ -6,6 +6,8 @@ YAML (``applications[0].args.engine.kind``), so an operator can go straight to i
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,7 +83,7 @@ def check_serve_config(document: Any, file: str) -> list[ConfigProblem]:
         ServeDeploySchema.model_validate(document)
     except ValidationError as exc:
         return _problems(file, exc, "")
-    problems: list[ConfigProblem] = []
+    problems = _check_tracing(file, document.get("tracing_config") or {})
     for index, application in enumerate(document.get("applications") or []):
         prefix = f"applications[{index}]"
         if application.get("import_path") != IMPORT_PATH:
@@ -98,6 +100,24 @@ def check_serve_config(document: Any, file: str) -> list[ConfigProblem]:
         for d_index, deployment in enumerate(application.get("deployments") or []):
             problems.extend(_check_deployment(file, f"{prefix}.deployments[{d_index}]", deployment))
     return problems
+
+
+def _check_tracing(file: str, tracing: Mapping[str, Any]) -> list[ConfigProblem]:
+    """Serve calls a custom exporter with no arguments in every replica; a wrong one
+    makes every replica fail to start, so it is checked here first."""
+    path = tracing.get("exporter_import_path")
+    if not tracing.get("enabled") or not path:
+        return []
+    where = "tracing_config.exporter_import_path"
+    module_name, _, attribute = str(path).replace(":", ".").rpartition(".")
+    try:
+        exporter = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as exc:
+        return [ConfigProblem(file, where, f"cannot import {path!r}: {exc}")]
+    if not inspect.isfunction(exporter) or inspect.signature(exporter).parameters:
+        reason = f"{path!r} must be a function without parameters (Serve calls it with none)"
+        return [ConfigProblem(file, where, reason)]
+    return []
 
 
 def _check_deployment(file: str, prefix: str, deployment: Mapping[str, Any]) -> list[ConfigProblem]:

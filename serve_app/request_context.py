@@ -1,13 +1,29 @@
-"""Request ids: accepted from ``x-request-id`` when sane, carried in logs via a contextvar."""
+"""Request ids and structured logs.
+
+The request id is accepted from ``x-request-id`` when sane and carried in a contextvar;
+every log record of our packages is one JSON object per line with the request id and
+the OpenTelemetry trace and span ids of the current span (see :mod:`serve_app.tracing`),
+so a log line and its trace find each other. ``MEMESERVE_LOG_FORMAT=text`` switches to
+plain lines for reading in a terminal.
+"""
 
 from __future__ import annotations
 
 import contextvars
+import datetime
+import json
 import logging
+import math
+import os
 import re
 import uuid
+from typing import Any
+
+from serve_app.errors import BadInput
+from serve_app.tracing import current_ids
 
 REQUEST_ID_HEADER = "x-request-id"
+LOG_FORMAT_ENV = "MEMESERVE_LOG_FORMAT"
 _VALID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
@@ -30,26 +46,92 @@ def choose_request_id(incoming: str | None) -> str:
     return uuid.uuid4().hex
 
 
+def request_timeout_s(header: str | None, configured: float) -> float:
+    """Seconds one request may take: ``configured``, or the caller's shorter deadline.
+
+    ``header`` is ``x-request-timeout-seconds``. Serve's proxy gives up at that value
+    with a plain-text error, so the graph stops a little earlier (10 %, at most 0.5 s)
+    and the caller gets the JSON 504. Zero or less means "no timeout" to Serve; the
+    configured deadline still holds. Anything but a number is a 400.
+    """
+    if header is None:
+        return configured
+    try:
+        wanted = float(header)
+    except ValueError:
+        raise BadInput("x-request-timeout-seconds must be a number of seconds") from None
+    if not math.isfinite(wanted):
+        raise BadInput("x-request-timeout-seconds must be a finite number of seconds")
+    if wanted <= 0:
+        return configured
+    return min(configured, wanted - min(0.5, wanted * 0.1))
+
+
 class RequestIdFilter(logging.Filter):
-    """Adds ``record.request_id`` from the current context to every record."""
+    """Adds ``request_id``, ``trace_id`` and ``span_id`` from the current context."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):
             record.request_id = request_id_var.get()
+        if not hasattr(record, "trace_id"):
+            record.trace_id, record.span_id = current_ids()
         return True
 
 
+def _replica() -> dict[str, str]:
+    try:
+        from ray import serve
+
+        context = serve.get_replica_context()
+    except Exception:  # outside a Serve replica
+        return {}
+    return {"deployment": context.deployment, "replica": context.replica_tag}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, ids, replica, exception."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._replica: dict[str, str] | None = None
+
+    def format(self, record: logging.LogRecord) -> str:
+        if self._replica is None:
+            self._replica = _replica()
+        entry: dict[str, Any] = {
+            "ts": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "request_id": getattr(record, "request_id", "-"),
+            "trace_id": getattr(record, "trace_id", None),
+            "span_id": getattr(record, "span_id", None),
+            **self._replica,
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False, default=str)
+
+
+def _formatter() -> logging.Formatter:
+    if os.environ.get(LOG_FORMAT_ENV, "json").strip().lower() == "text":
+        return logging.Formatter(
+            "%(asctime)s %(levelname)s %(name)s [%(request_id)s %(trace_id)s] %(message)s"
+        )
+    return JsonFormatter()
+
+
 def configure_logging(level: int = logging.INFO) -> None:
-    """Log our packages to stderr with the request id; idempotent per process."""
+    """Log our packages to stderr, structured; idempotent per process."""
     for name in ("serve_app", "deployments"):
         logger = logging.getLogger(name)
         if any(isinstance(f, RequestIdFilter) for h in logger.handlers for f in h.filters):
             continue
         handler = logging.StreamHandler()
         handler.addFilter(RequestIdFilter())
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
-        )
+        handler.setFormatter(_formatter())
         logger.addHandler(handler)
         logger.setLevel(level)
         logger.propagate = False

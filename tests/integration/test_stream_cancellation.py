@@ -73,3 +73,54 @@ def test_leaving_the_stream_aborts_generation(client: httpx.Client, base_url: st
     # The worker is free again: a fresh request is served.
     follow_up = client.get("/readyz")
     assert follow_up.status_code == 200
+
+
+def assert_engine_idle_soon(client: httpx.Client, within_s: float = 5.0) -> None:
+    """The engine stopped: at its own deadline check or by the ingress's cancel()."""
+    deadline = time.monotonic() + within_s
+    while (figures := engine_figures(client))["in_flight"] or figures["waiting"]:
+        assert time.monotonic() < deadline, f"the engine is still generating: {figures}"
+        time.sleep(0.1)
+
+
+def test_a_callers_deadline_gives_504_and_aborts_generation(client: httpx.Client) -> None:
+    data = meme_bytes(MemeSpec(template=10, top="破防了"))
+    started = time.monotonic()
+    response = client.post(
+        "/v1/memes/analyze",
+        files={"image": ("m.png", data)},
+        headers={"x-request-timeout-seconds": "4", "x-request-id": "deadline-1"},
+    )
+    elapsed = time.monotonic() - started
+    assert response.status_code == 504, response.text
+    assert response.json()["error"]["code"] == "deadline_exceeded"
+    assert response.json()["error"]["request_id"] == "deadline-1"
+    assert elapsed < 4.0, f"answered after {elapsed:.1f} s, past the caller's deadline"
+    # The engine stopped generating: without the deadline it would run its 6000 tokens.
+    assert_engine_idle_soon(client)
+    assert client.get("/readyz").status_code == 200
+
+
+def test_a_callers_deadline_ends_a_stream_with_a_504_event(client: httpx.Client) -> None:
+    data = meme_bytes(MemeSpec(template=11, top="绷不住了"))
+    response = client.post(
+        "/v1/memes/analyze/stream",
+        files={"image": ("m.png", data)},
+        headers={"x-request-timeout-seconds": "4"},
+    )
+    assert response.status_code == 200
+    events = [line for line in response.text.splitlines() if line.startswith("event: ")]
+    assert events[0] == "event: accepted" and events[-1] == "event: error"
+    assert '"status": 504' in response.text or '"status":504' in response.text
+    assert_engine_idle_soon(client)
+
+
+def test_a_malformed_deadline_header_is_a_400(client: httpx.Client) -> None:
+    data = meme_bytes(MemeSpec(template=12, top="好家伙"))
+    response = client.post(
+        "/v1/memes/analyze",
+        files={"image": ("m.png", data)},
+        headers={"x-request-timeout-seconds": "soon"},
+    )
+    assert response.status_code == 400
+    assert "x-request-timeout-seconds" in response.json()["error"]["message"]

@@ -148,6 +148,25 @@ def test_problems_name_file_and_path(tmp_path: Path, mutate, expected_path: str)
     assert any(r.startswith(f"{path}: {expected_path}") for r in rendered), rendered
 
 
+@pytest.mark.parametrize(
+    ("exporter", "reason"),
+    [
+        ("serve_app.tracing:no_such_exporter", "cannot import"),
+        ("no_such_module:span_processors", "cannot import"),
+        # Ray's own default exporter takes a file name: replicas would fail to start.
+        ("ray.serve._private.tracing_utils:default_tracing_exporter", "without parameters"),
+    ],
+)
+def test_a_tracing_exporter_serve_cannot_call_is_a_problem(
+    tmp_path: Path, exporter: str, reason: str
+) -> None:
+    document = _dev_cpu()
+    document["tracing_config"]["exporter_import_path"] = exporter
+    (problem,) = check_file(_write(tmp_path, document))
+    assert problem.path == "tracing_config.exporter_import_path"
+    assert reason in problem.reason
+
+
 def test_yaml_syntax_errors_give_the_line(tmp_path: Path) -> None:
     path = tmp_path / "broken.yaml"
     path.write_text("applications:\n  - name: [unclosed\n", "utf-8")
