@@ -33,11 +33,12 @@ export MEMESERVE_REQUIRE_REDIS := 1
 BENCH_ENGINE_ARGS ?=
 BENCH_DEDUPE_ARGS ?=
 BENCH_OVERLOAD_ARGS ?=
+FAULT_DRILL_ARGS ?=
 LOADTEST_ARGS ?=
 URL ?=
 
 .PHONY: help install run test test-unit test-integration test-e2e check lint typecheck \
-        check-config bench bench-engine bench-dedupe bench-overload loadtest system-deps clean \
+        check-config bench bench-engine bench-dedupe bench-overload fault-drill loadtest system-deps clean \
         vllm-contract-env tiny-glm4v
 
 help:
@@ -50,6 +51,7 @@ help:
 	@echo "make loadtest  Locust against URL=... (or the CPU profile it starts); report in artifacts/loadtest/"
 	@echo "make bench-dedupe  near-duplicate recall, false merges, lookup time (this project vs pHash/dHash)"
 	@echo "make bench-overload  ~3x overload with the load controller off, then on"
+	@echo "make fault-drill  kill a VLM replica under load: every request answered or an explicit error (FAULT_DRILL_ARGS=...)"
 	@echo "make bench-engine  GLM-4.6V-Flash-sized random model via the transformers engine (CUDA GPU; BENCH_ENGINE_ARGS=...)"
 
 $(STAMP): pyproject.toml
@@ -132,6 +134,9 @@ bench-dedupe: install system-deps
 
 bench-overload: install system-deps
 	$(PY) -m loadtest.bench_overload $(BENCH_OVERLOAD_ARGS)
+
+fault-drill: install system-deps
+	$(PY) -m loadtest.fault_drill $(if $(URL),--url $(URL),--config $(CONFIG)) $(FAULT_DRILL_ARGS)
 
 bench-engine: install
 	$(PY) -m loadtest.bench_engine $(BENCH_ENGINE_ARGS)

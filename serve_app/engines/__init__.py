@@ -17,7 +17,18 @@ def create_engine(args: EngineArgs) -> Engine:
 
     Engines that reserve memory up front (vLLM) size their image cap with
     ``args.max_visual_tokens``, the largest budget any degradation level may ask for.
+    With ``args.faults`` set (drills only) the engine is wrapped in a
+    :class:`~serve_app.engines.faults.FaultInjectingEngine`.
     """
+    engine = _create_plain_engine(args)
+    if args.faults is None:
+        return engine
+    from serve_app.engines.faults import FaultInjectingEngine
+
+    return FaultInjectingEngine.wrap(engine, args.faults)
+
+
+def _create_plain_engine(args: EngineArgs) -> Engine:
     if args.kind == "lite":
         from serve_app.engines.lite import LiteEngine
 

@@ -79,3 +79,16 @@ def test_ray_capacity_and_lost_replicas_are_503_with_retry_after() -> None:
     ):
         response = error_response(error, "r")
         assert response.status_code == 503 and "retry-after" in response.headers
+
+
+def test_a_replica_lost_upstream_of_a_call_is_a_503_not_a_500() -> None:
+    # What Serve raises in the Structurer call when the VLM replica whose response it
+    # was given died: a RayServeException caused by the actor error.
+    from ray.serve.exceptions import RayServeException
+
+    error = RayServeException("Request to deployment 'Structurer' failed: upstream actor died")
+    error.__cause__ = ray_exceptions.ActorDiedError()
+    response = error_response(error, "r")
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "2"
+    assert json.loads(bytes(response.body))["error"]["code"] == "unavailable"
