@@ -128,6 +128,7 @@ class LoadController:
             period_s=self._config.period_s,
             changed_at=changed_at,
             admit=self._admit,
+            draining=self._config.draining,
         )
 
     def report(
@@ -162,6 +163,8 @@ class LoadController:
                 else ("on" if self._config.enabled else "off")
             ),
             "force_level": self._config.force_level,
+            "draining": self._config.draining,
+            "graph_in_flight": self._graph_in_flight(),
             "load": round(decision.load, 4) if decision else None,
             "dominant": decision.dominant if decision else None,
             "reason": decision.reason if decision else None,
@@ -181,6 +184,15 @@ class LoadController:
             "period_s": self._config.period_s,
             "replica": self._replica,
         }
+
+    def _graph_in_flight(self) -> int:
+        """Requests inside the engine path across every ingress with a fresh report."""
+        fresh_after = time.monotonic() - self._config.stale_after_s
+        return sum(
+            int(report.signals.get("graph_in_flight", 0))
+            for report in self._reports["ingress"].values()
+            if report.at >= fresh_after
+        )
 
     def timeline(self, since: float = 0.0) -> list[tuple[float, int, float]]:
         """(wall time, level, load) of each sample after ``since`` (load reports poll it)."""

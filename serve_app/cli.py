@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
+import yaml
 
 from serve_app.config_check import check_file, http_address
+from serve_app.drain import IMPORT_PATH, drain
 
 if TYPE_CHECKING:
     from serve_app.client import StreamEvent
@@ -71,6 +73,46 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
     return process.wait()
 
 
+def _request_timeout_s(config: Path) -> float:
+    """The app's ``args.request_timeout_s`` in ``config`` (the drain waits as long)."""
+    from serve_app.config import AppArgs
+
+    document = yaml.safe_load(config.read_text(encoding="utf-8"))
+    app = next(a for a in document["applications"] if a.get("import_path") == IMPORT_PATH)
+    return AppArgs.model_validate(app.get("args") or {}).request_timeout_s
+
+
+def _drain_before_stop(config: Path, base: str, process: subprocess.Popen[bytes]) -> None:
+    """Let the requests inside finish before the app stops; a second Ctrl-C skips it."""
+    if process.poll() is not None:
+        return
+    timeout = _request_timeout_s(config) + 5.0
+    print(f"\nmemeserve: draining (at most {timeout:g} s; Ctrl-C again to skip) ...", flush=True)
+    try:
+        result = drain(config, base, timeout)
+    except KeyboardInterrupt:
+        print("memeserve: drain skipped", flush=True)
+        return
+    except Exception as exc:  # not ready yet, or the cluster is already going
+        print(f"memeserve: could not drain: {exc}", flush=True)
+        return
+    if result.idle:
+        print(f"memeserve: drained in {result.waited_s:.1f} s", flush=True)
+    else:
+        print(f"memeserve: {result.in_flight} requests still inside after {timeout:g} s")
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Set ``draining`` on a running app and wait until no request is inside."""
+    timeout = args.timeout or _request_timeout_s(args.config) + 5.0
+    result = drain(args.config, args.url, timeout, args.address)
+    if result.idle:
+        print(f"memeserve: idle after {result.waited_s:.1f} s; the app can be deleted now")
+        return 0
+    print(f"memeserve: {result.in_flight} requests still inside after {result.waited_s:.1f} s")
+    return 1
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     """Validate the profile, start ``serve run`` on it, print the URL once ready."""
     config: Path = args.config
@@ -89,6 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     env = dict(os.environ)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("OTEL_SERVICE_NAME", "memeserve")  # names the traces' service
     command = [sys.executable, "-m", "ray.serve.scripts", "run", str(config)]
     print(f"memeserve: starting {config} ...", flush=True)
     started = time.monotonic()
@@ -116,7 +159,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return process.wait()
     except KeyboardInterrupt:
-        print("\nmemeserve: stopping ...", flush=True)
+        _drain_before_stop(config, base, process)
+        print("memeserve: stopping ...", flush=True)
         code = _stop(process)
         print("memeserve: stopped", flush=True)
         return 0 if code in (0, -signal.SIGINT, 130) else code
@@ -247,6 +291,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--ready-timeout", type=float, default=_READY_TIMEOUT_S, help="seconds to wait for /readyz"
     )
     run.set_defaults(func=cmd_run)
+
+    drain_parser = sub.add_parser(
+        "drain",
+        help="stop new analyses (503 + Retry-After) and wait until none is inside, "
+        "before the app is deleted",
+    )
+    drain_parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    drain_parser.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
+    drain_parser.add_argument(
+        "--address", default=None, help="Ray dashboard address for serve deploy (default: local)"
+    )
+    drain_parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds to wait (default: deadline + 5)"
+    )
+    drain_parser.set_defaults(func=cmd_drain)
 
     check = sub.add_parser("check-config", help="validate Serve config files")
     check.add_argument("files", nargs="+", type=Path)

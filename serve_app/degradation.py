@@ -29,6 +29,9 @@ from serve_app.imaging import resize_to_budget
 
 logger = logging.getLogger(__name__)
 
+# While draining, new requests are told to come back after this (or go to another node).
+DRAIN_RETRY_AFTER_S = 5
+
 
 @dataclass(frozen=True)
 class LevelState:
@@ -42,6 +45,8 @@ class LevelState:
     admit: int | None = None
     """At a ``route: reject`` level: requests one ingress replica lets in at once (its
     share of the pool's capacity); the rest are refused. None: capacity unknown."""
+    draining: bool = False
+    """The app is about to stop: no new request enters the engine path."""
 
     @classmethod
     def initial(cls, config: ControllerUserConfig | None = None) -> LevelState:
@@ -107,6 +112,11 @@ class Admission:
 
     def enter(self, state: LevelState) -> None:
         """Take a place, or raise the level's refusal when it sheds and none is free."""
+        if state.draining:
+            raise ServiceUnavailable(
+                "the service is draining before it stops; retry shortly",
+                retry_after_s=DRAIN_RETRY_AFTER_S,
+            )
         if state.row.route == "reject" and self.inside >= (state.admit or 1):
             self._refused += 1
             raise shed_error(state.row)

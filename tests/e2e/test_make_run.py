@@ -7,6 +7,7 @@ import re
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -135,7 +136,24 @@ def test_make_run_serves_then_stops_cleanly_on_ctrl_c(service: Service, profile:
     body = response.json()
     assert "你说得对" in " ".join(body["evidence"]["ocr_text"])
     assert "你说得对但是" in body["evidence"]["slang"]
+
+    # `memeserve drain` (serve deploy with token auth, then polling /v1/status): new
+    # analyses are refused with 503 + Retry-After, nothing is left inside.
+    memeserve = str(Path(sys.executable).parent / "memeserve")
+    drained = subprocess.run(
+        [memeserve, "drain", "--config", str(profile), "--url", url],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    assert "can be deleted now" in drained.stdout
+    refused = httpx.post(f"{url}/v1/memes/analyze", files={"image": ("meme.jpg", data)}, timeout=60)
+    assert refused.status_code == 503, refused.text
+    assert refused.headers["retry-after"] == "5"
+    assert "draining" in refused.json()["error"]["message"]
     stop_and_check(service, url)
+    assert "memeserve: drained in" in "".join(service.lines)
 
 
 def test_make_run_on_the_tiny_glm4v_profile_builds_its_checkpoint_and_serves(

@@ -154,3 +154,13 @@ def test_admission_without_a_known_capacity_lets_one_in() -> None:
     admission.enter(state)
     with pytest.raises(ServiceUnavailable):
         admission.enter(state)
+
+
+def test_draining_refuses_every_new_request_but_not_as_demand() -> None:
+    draining = LevelState(level=0, row=TABLE.level(0), period_s=0.5, draining=True)
+    admission = Admission()
+    with pytest.raises(ServiceUnavailable, match="draining") as refused:
+        admission.enter(draining)
+    assert refused.value.retry_after_s == 5
+    # A stop is not load: the refusal must not push the degradation level up.
+    assert admission.inside == 0 and admission.take_refused() == 0
