@@ -71,6 +71,28 @@ class VllmArgs(StrictModel):
     )
 
 
+class FaultArgs(StrictModel):
+    """Fault injection for drills (:mod:`serve_app.engines.faults`); never in production."""
+
+    error_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction (0..1) of generate/stream calls (batch items each count) that "
+        "raise an injected EngineError (HTTP 502) instead of reaching the engine.",
+    )
+    delay_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=600_000.0,
+        description="Extra latency (ms) added before the engine runs; cancellable, so a "
+        "deadline or a client that leaves still stops the request.",
+    )
+    seed: int = Field(
+        0, description="Seed of the fault RNG: the same seed gives the same faults in order."
+    )
+
+
 class EngineArgs(StrictModel):
     """Which engine each VLM pool replica runs, and the model behind it."""
 
@@ -110,6 +132,11 @@ class EngineArgs(StrictModel):
         default_factory=TransformersArgs, description="Settings of the transformers engine."
     )
     vllm: VllmArgs = Field(default_factory=VllmArgs, description="Settings of the vllm engine.")
+    faults: FaultArgs | None = Field(
+        None,
+        description="Fault drills only; leave null in production. Wraps the engine so that "
+        "it fails or slows down on purpose (loadtest/fault_drill.py).",
+    )
 
     @property
     def model_name(self) -> str:
@@ -314,6 +341,12 @@ class ControllerUserConfig(StrictModel):
     )
     force_level: int | None = Field(
         None, ge=0, le=3, description="Pin this level whatever the load (drills); null: off."
+    )
+    draining: bool = Field(
+        False,
+        description="true: every ingress refuses new analyses with 503 + Retry-After while "
+        "those already inside finish (resent memes are still answered from the library). "
+        "Set before the app is deleted or shut down; `memeserve drain` does it and waits.",
     )
     period_s: float = Field(
         0.5, ge=0.05, le=60, description="Seconds between samples (and replica reports)."

@@ -18,6 +18,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.errors import MemeServeError, ServiceUnavailable
 from serve_app.request_context import current_request_id
+from serve_app.service_metrics import count_error
+from serve_app.tracing import annotate
 
 logger = logging.getLogger(__name__)
 
@@ -44,17 +46,27 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def _from_ray(exc: BaseException) -> MemeServeError | None:
-    """Ray's own failures between deployments, as the errors a client should see."""
+def _from_ray(exc: BaseException | None) -> MemeServeError | None:
+    """Ray's own failures between deployments, as the errors a client should see.
+
+    Serve reports a replica that died upstream of a call (the VLM pool, whose response
+    the Structurer was waiting for) as a ``RayServeException`` caused by the actor
+    error, so the ``__cause__`` chain is followed too.
+    """
     from ray import exceptions as ray_exceptions
     from ray.serve import exceptions as serve_exceptions
 
-    if isinstance(exc, serve_exceptions.BackPressureError):
-        return ServiceUnavailable("the service is at capacity; retry shortly", retry_after_s=1)
-    if isinstance(exc, ray_exceptions.RayActorError | ray_exceptions.ActorUnavailableError):
-        return ServiceUnavailable(
-            "a replica of the graph was lost while serving this request; retry", retry_after_s=2
-        )
+    for _ in range(5):
+        if exc is None:
+            return None
+        if isinstance(exc, serve_exceptions.BackPressureError):
+            return ServiceUnavailable("the service is at capacity; retry shortly", retry_after_s=1)
+        if isinstance(exc, ray_exceptions.RayActorError | ray_exceptions.ActorUnavailableError):
+            return ServiceUnavailable(
+                "a replica of the graph was lost while serving this request; retry",
+                retry_after_s=2,
+            )
+        exc = exc.__cause__
     return None
 
 
@@ -87,6 +99,8 @@ def error_parts(
         logger.error("unexpected error", exc_info=(type(exc), exc, exc.__traceback__))
         status, code, message = 500, "internal_error", "internal error; see the service logs"
     body = {"error": {"code": code, "message": message, "request_id": request_id}}
+    count_error(status, code)
+    annotate({"memeserve.error.code": code, "memeserve.error.status": status})
     return status, body, headers
 
 

@@ -18,10 +18,10 @@ from importlib import resources
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import ValidationError
 from ray import serve
-from ray.serve.handle import DeploymentHandle
+from ray.serve.handle import DeploymentHandle, DeploymentResponse
 from starlette.datastructures import UploadFile
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -39,10 +39,20 @@ from serve_app.errors import (
 )
 from serve_app.fingerprint_library import StoreKey, upload_key
 from serve_app.http_errors import error_parts, error_response, install_error_handlers
+from serve_app.openapi_docs import (
+    ANALYZE_BODY,
+    BATCH_BODY,
+    ERROR_RESPONSES,
+    PROXY_TIMEOUT_RESPONSE,
+    REQUEST_TIMEOUT_HEADER,
+    STREAM_RESPONSES,
+    EventStreamResponse,
+)
 from serve_app.preprocessing import CacheHit, Prepared, request_scope
 from serve_app.request_context import (
     choose_request_id,
     configure_logging,
+    request_timeout_s,
     set_request_id,
 )
 from serve_app.schema import (
@@ -51,12 +61,14 @@ from serve_app.schema import (
     BatchItem,
     BatchRequest,
     BatchResponse,
-    ErrorBody,
 )
 from serve_app.security_middleware import SecurityMiddleware, configure_security
+from serve_app.service_metrics import count_request, observe_stages
 from serve_app.streaming import ExplanationTap, sse
+from serve_app.tracing import annotate, current_ids, stage
 
 logger = logging.getLogger(__name__)
+
 
 # Multipart boundaries and base64 inflate the body; allow for it over the image limit.
 _BODY_OVERHEAD_RATIO = 4 / 3
@@ -64,49 +76,14 @@ _BODY_OVERHEAD_BYTES = 64 * 1024
 # Uploads larger than this are hashed on a worker thread, not on the event loop.
 _HASH_INLINE_BYTES = 256 * 1024
 
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorBody, "description": description}
-    for status, description in {
-        400: "Corrupt, truncated or undecodable input.",
-        413: "Too many bytes, pixels or frames.",
-        415: "Not an allowed image type (judged by content).",
-        401: "An API key is required (Authorization: Bearer …).",
-        403: "The API key is not valid.",
-        422: "The request does not match the schema.",
-        429: "Rate limit of the key passed, or shedding load; see Retry-After.",
-        500: "Internal error (no details are exposed).",
-        502: "The engine failed.",
-        503: "Not ready or shedding load; see Retry-After.",
-        504: "The request deadline passed.",
-    }.items()
-}
-
-_ANALYZE_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["image"],
-                    "properties": {
-                        "image": {"type": "string", "format": "binary"},
-                        "text": {"type": "string"},
-                    },
-                }
-            },
-            "application/json": {"schema": AnalyzeJSONRequest.model_json_schema()},
-        },
-    }
-}
-
 
 class RequestIdMiddleware:
-    """Pure ASGI middleware: sets the request id, and no error escapes as a traceback.
+    """Pure ASGI middleware: request id, the request's span and count, no tracebacks out.
 
     Serve's proxy already puts ``x-request-id`` on the request (the caller's, or a
     fresh one) and echoes it on the response; we adopt it when it is sane and make a
-    new one otherwise, so the id in the body is always safe to log.
+    new one otherwise, so the id in the body is always safe to log. When tracing is on,
+    the response names its trace in ``x-trace-id``.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -123,22 +100,33 @@ class RequestIdMiddleware:
         request_id = choose_request_id(incoming)
         set_request_id(request_id)
         scope.setdefault("state", {})["request_id"] = request_id
-        started = False
+        path = scope.get("path", "")
+        attributes = {"http.request.method": scope.get("method", ""), "http.route": path}
+        with stage("http", {**attributes, "request_id": request_id}) as span:
+            trace_id, _ = current_ids()
+            started = False
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
+            async def tracking_send(message: Message) -> None:
+                nonlocal started
+                if message["type"] == "http.response.start":
+                    started = True
+                    status = int(message["status"])
+                    span.set_attribute("http.response.status_code", status)
+                    count_request(path, status)
+                    if trace_id is not None:
+                        headers = list(message.get("headers", []))
+                        headers.append((b"x-trace-id", trace_id.encode("ascii")))
+                        message = {**message, "headers": headers}
+                await send(message)
 
-        try:
-            await self.app(scope, receive, tracking_send)
-        except Exception as exc:
-            if started:
-                logger.exception("error after the response started")
-                return
-            response = error_response(exc, request_id)
-            await response(scope, receive, send)
+            try:
+                await self.app(scope, receive, tracking_send)
+            except Exception as exc:
+                if started:
+                    logger.exception("error after the response started")
+                    return
+                response = error_response(exc, request_id)
+                await response(scope, receive, tracking_send)
 
 
 async def read_body_limited(request: Request, limit: int) -> bytes:
@@ -265,6 +253,21 @@ def _finish(result: dict[str, Any], request_id: str, started: float) -> dict[str
     result["request_id"] = request_id
     meta = result["meta"]
     meta["timings_ms"]["total"] = round((time.perf_counter() - started) * 1000, 2)
+    match = meta["cache"]["match"] or "miss"
+    observe_stages(meta["timings_ms"], match)
+    image = meta.get("image") or {}
+    annotate(
+        {
+            "memeserve.cache.hit": bool(meta["cache"]["hit"]),
+            "memeserve.cache.match": match,
+            "memeserve.level": meta["degradation_level"],
+            "memeserve.engine": meta.get("engine"),
+            "memeserve.model": meta.get("model"),
+            "memeserve.image.width": image.get("width"),
+            "memeserve.image.height": image.get("height"),
+            "memeserve.risk": result["risk"]["level"],
+        }
+    )
     logger.info(
         "analysed: %s/%s offensiveness=%d risk=%s cache=%s level=%d total=%.1fms",
         result["emotion"],
@@ -276,6 +279,34 @@ def _finish(result: dict[str, Any], request_id: str, started: float) -> dict[str
         meta["timings_ms"]["total"],
     )
     return result
+
+
+class _Calls:
+    """The downstream calls one request has made, to cancel them together."""
+
+    def __init__(self) -> None:
+        self.responses: list[DeploymentResponse[Any]] = []
+
+    def add(self, response: Any) -> Any:
+        """Remember ``response`` (a unary ``DeploymentResponse``) and return it."""
+        self.responses.append(response)
+        return response
+
+
+@contextlib.contextmanager
+def _cancelled_with_caller() -> Iterator[_Calls]:
+    """Cancel the request's downstream calls when it is cancelled (deadline, client gone).
+
+    Awaiting a ``DeploymentResponse`` in a cancelled task does not stop the replica's
+    work; ``cancel()`` does (the engine aborts its generation).
+    """
+    calls = _Calls()
+    try:
+        yield calls
+    except asyncio.CancelledError:
+        for response in calls.responses:
+            response.cancel()
+        raise
 
 
 @functools.cache
@@ -364,28 +395,37 @@ class Ingress:
     @app.post(
         "/v1/memes/analyze",
         response_model=Analysis,
-        responses=_ERROR_RESPONSES,
-        openapi_extra=_ANALYZE_BODY,
+        responses={**ERROR_RESPONSES, **PROXY_TIMEOUT_RESPONSE},
+        openapi_extra=ANALYZE_BODY,
         summary="Analyse one meme",
     )
     async def analyze(self, request: Request) -> JSONResponse:
         """Multipart (``image`` file, optional ``text``) or JSON (``image_base64``, ``text``)."""
         started = time.perf_counter()
         request_id = request.state.request_id
+        timeout = self._timeout(request)
         data, text = await parse_analyze_input(request, self._body_limit)
-        result = await self._analyze_once(data, text, request_id)
-        return JSONResponse(_finish(result, request_id, started))
+        return JSONResponse(await self._analyze_once(data, text, request_id, started, timeout))
 
-    async def _analyze_once(self, data: bytes, text: str | None, request_id: str) -> dict[str, Any]:
-        """The graph for one meme within the request deadline (504 after it)."""
-        timeout = self._args.request_timeout_s
-        with self._inside():
-            try:
-                return await asyncio.wait_for(
-                    self._run_graph(data, text, request_id, time.time() + timeout), timeout
-                )
-            except TimeoutError:
-                raise DeadlineExceeded(f"no answer within {timeout:g} s") from None
+    def _timeout(self, request: Request) -> float:
+        """This request's deadline in seconds: the configured one, or the caller's shorter one."""
+        return request_timeout_s(
+            request.headers.get(REQUEST_TIMEOUT_HEADER), self._args.request_timeout_s
+        )
+
+    async def _analyze_once(
+        self, data: bytes, text: str | None, request_id: str, started: float, timeout: float
+    ) -> dict[str, Any]:
+        """The finished analysis of one meme within ``timeout`` seconds (504 after it)."""
+        with stage("analyze", {"request_id": request_id, "memeserve.bytes": len(data)}):
+            with self._inside():
+                try:
+                    result = await asyncio.wait_for(
+                        self._run_graph(data, text, request_id, time.time() + timeout), timeout
+                    )
+                except TimeoutError:
+                    raise DeadlineExceeded(f"no answer within {timeout:g} s") from None
+            return _finish(result, request_id, started)
 
     @contextlib.contextmanager
     def _inside(self) -> Iterator[None]:
@@ -408,18 +448,14 @@ class Ingress:
     @app.post(
         "/v1/memes/analyze/batch",
         response_model=BatchResponse,
-        responses=_ERROR_RESPONSES,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": BatchRequest.model_json_schema()}},
-            }
-        },
+        responses={**ERROR_RESPONSES, **PROXY_TIMEOUT_RESPONSE},
+        openapi_extra=BATCH_BODY,
         summary="Analyse several memes; each item succeeds or fails on its own",
     )
     async def analyze_batch(self, request: Request) -> JSONResponse:
         """Items run concurrently through the graph; results keep ids and order."""
         request_id = request.state.request_id
+        timeout = self._timeout(request)
         limit = self._args.limits.max_batch_items
         batch = await parse_batch_input(request, self._body_limit * limit)
         if len(batch.items) > limit:
@@ -429,7 +465,7 @@ class Ingress:
             raise SchemaError("item ids must be unique within a batch")
         results = await asyncio.gather(
             *(
-                self._batch_item(item, f"{request_id}:{index}")
+                self._batch_item(item, f"{request_id}:{index}", timeout)
                 for index, item in enumerate(batch.items)
             )
         )
@@ -443,7 +479,9 @@ class Ingress:
             }
         )
 
-    async def _batch_item(self, item: BatchItem, item_request_id: str) -> dict[str, Any]:
+    async def _batch_item(
+        self, item: BatchItem, item_request_id: str, timeout: float
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             if item.text is not None and len(item.text) > self._args.limits.max_text_chars:
@@ -452,43 +490,37 @@ class Ingress:
                     f"the limit is {self._args.limits.max_text_chars}"
                 )
             data = decode_base64_image(item.image_base64)
-            result = await self._analyze_once(data, item.text, item_request_id)
+            result = await self._analyze_once(data, item.text, item_request_id, started, timeout)
         except Exception as exc:
             status, body, _ = error_parts(exc, item_request_id)
             return {"id": item.id, "status": status, "error": body["error"]}
-        return {"id": item.id, "status": 200, "result": _finish(result, item_request_id, started)}
+        return {"id": item.id, "status": 200, "result": result}
 
     @app.post(
         "/v1/memes/analyze/stream",
-        responses={
-            200: {
-                "description": "Server-sent events: accepted, cache, delta*, then result or "
-                "error (data: JSON; an error event carries status and the error body).",
-                "content": {"text/event-stream": {"schema": {"type": "string"}}},
-            },
-            **_ERROR_RESPONSES,
-        },
-        openapi_extra=_ANALYZE_BODY,
+        response_class=EventStreamResponse,
+        responses=STREAM_RESPONSES,
+        openapi_extra=ANALYZE_BODY,
         summary="Analyse one meme, streaming the explanation as the model writes it",
     )
-    async def analyze_stream(self, request: Request) -> StreamingResponse:
+    async def analyze_stream(self, request: Request) -> EventStreamResponse:
         """Same input as analyze. Errors before acceptance are plain JSON errors."""
         started = time.perf_counter()
         request_id = request.state.request_id
+        timeout = self._timeout(request)
         data, text = await parse_analyze_input(request, self._body_limit)
-        return StreamingResponse(
-            self._events(data, text, request_id, started),
-            media_type="text/event-stream",
+        return EventStreamResponse(
+            self._events(data, text, request_id, started, timeout),
             headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
         )
 
     async def _events(
-        self, data: bytes, text: str | None, request_id: str, started: float
+        self, data: bytes, text: str | None, request_id: str, started: float, timeout: float
     ) -> AsyncIterator[bytes]:
         yield sse("accepted", {"request_id": request_id})
-        timeout = self._args.request_timeout_s
         try:
-            with self._inside():
+            span = stage("analyze", {"request_id": request_id, "memeserve.bytes": len(data)})
+            with span, self._inside():
                 async with asyncio.timeout(timeout):
                     async for event in self._stream_graph(data, text, request_id, started, timeout):
                         yield event
@@ -556,16 +588,18 @@ class Ingress:
         hit, upload = await self._resent(data, text)
         if hit is not None:
             return _from_cache(hit)
-        with self._admitted():
-            prepared = await self._preprocessor.prepare.remote(
-                data, text, request_id, deadline, upload
+        with self._admitted(), _cancelled_with_caller() as calls:
+            prepared = await calls.add(
+                self._preprocessor.prepare.remote(data, text, request_id, deadline, upload)
             )
             if isinstance(prepared, CacheHit):
                 return _from_cache(prepared)
             # The DeploymentResponse goes straight to the Structurer as a top-level argument.
-            output = self._vlm.generate.remote(prepared.request)
-            analysis: dict[str, Any] = await self._structurer.structure.remote(
-                output, prepared.structure_context(request_id), self._cache_key(prepared)
+            output = calls.add(self._vlm.generate.remote(prepared.request))
+            analysis: dict[str, Any] = await calls.add(
+                self._structurer.structure.remote(
+                    output, prepared.structure_context(request_id), self._cache_key(prepared)
+                )
             )
         return analysis
 
@@ -613,7 +647,7 @@ class Ingress:
         """The ingress process is up."""
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness", responses={503: _ERROR_RESPONSES[503]})
+    @app.get("/readyz", summary="Readiness", responses={503: ERROR_RESPONSES[503]})
     async def readyz(self) -> dict[str, Any]:
         """Ready when a VLM pool replica answers with a started engine."""
         self._levels.start()

@@ -63,6 +63,40 @@ def test_json_base64_upload_gets_its_status(client: httpx.Client, case: HostileC
     _check(response, case)
 
 
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"image_url": "http://169.254.169.254/latest/meta-data/"},
+        {"image_base64": "", "image_url": "http://127.0.0.1:6379/"},
+        {"items": [{"id": "a", "image_url": "file:///etc/passwd"}]},
+    ],
+)
+def test_urls_are_never_fetched_for_a_client(client: httpx.Client, payload: dict[str, Any]) -> None:
+    """No SSRF: the API takes image bytes only; a URL field is a schema error (422)."""
+    route = ANALYZE + "/batch" if "items" in payload else ANALYZE
+    response = client.post(route, json=payload)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_request"
+
+
+def test_a_declared_oversized_body_is_refused_before_it_is_read(
+    client: httpx.Client, base_url: str
+) -> None:
+    """413 from Content-Length alone: the server answers without waiting for the body."""
+    import socket
+    from urllib.parse import urlsplit
+
+    address = urlsplit(base_url)
+    with socket.create_connection((address.hostname, address.port), timeout=30) as sock:
+        sock.sendall(
+            b"POST /v1/memes/analyze HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 999999999\r\n\r\n{"
+        )
+        answer = sock.recv(65536).decode("latin-1")
+    assert answer.startswith("HTTP/1.1 413"), answer[:300]
+    assert "payload_too_large" in answer
+
+
 def test_service_keeps_serving_after_the_corpus(client: httpx.Client) -> None:
     """Runs after the corpus tests (file order): a normal meme and health still work."""
     meme = meme_bytes(MemeSpec(template=1, top="你说得对，但是"))
