@@ -25,6 +25,7 @@ from serve_app.config import ControllerUserConfig
 from serve_app.degradation import LevelState
 from serve_app.load_policy import Decision, LoadPolicy, LoadSample
 from serve_app.load_signals import aggregate_reports
+from serve_app.replica_context import replica_tag
 from serve_app.request_context import configure_logging
 
 logger = logging.getLogger(__name__)
@@ -64,10 +65,7 @@ class LoadController:
         self._load_gauge = metrics.Gauge(
             "memeserve_load", description="Largest normalised load signal (1.0 = 100 %)."
         )
-        try:
-            self._replica = serve.get_replica_context().replica_tag
-        except Exception:  # constructed outside Serve
-            self._replica = "local"
+        self._replica = replica_tag()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:

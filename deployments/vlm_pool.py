@@ -22,6 +22,7 @@ from serve_app.config import AppArgs, EngineArgs
 from serve_app.degradation import LevelFollower, LevelState, tighten
 from serve_app.engines import Engine, EngineOutput, EngineRequest, create_engine
 from serve_app.load_signals import CpuSampler, GpuSampler, replica_signals
+from serve_app.replica_context import LOCAL, current_replica
 from serve_app.request_context import configure_logging, set_request_id
 from serve_app.service_metrics import count_tokens
 from serve_app.tracing import annotate, stage
@@ -33,10 +34,9 @@ _DEFAULT_MAX_ONGOING = 4
 
 def _replica_identity() -> tuple[str, int]:
     """(replica id, max_ongoing_requests) of the running replica; defaults outside Serve."""
-    try:
-        context = serve.get_replica_context()
-    except Exception:
-        return "local", _DEFAULT_MAX_ONGOING
+    context = current_replica()
+    if context is None:
+        return LOCAL, _DEFAULT_MAX_ONGOING
     config = getattr(context, "_deployment_config", None)
     capacity = getattr(config, "max_ongoing_requests", None) or _DEFAULT_MAX_ONGOING
     return context.replica_tag, int(capacity)

@@ -375,11 +375,12 @@ def run_drill(url: str, kill: Killer, plan: DrillPlan | None = None) -> dict[str
 # ----------------------------------------------------------------------------- killers
 
 
-def replica_actor_names(app: str = APP, deployment: str = VLM) -> list[str]:
-    """Names (namespace ``serve``) of the live replica actors of ``app``'s ``deployment``."""
+def replica_actor_names(app: str = APP, deployment: str | None = VLM) -> list[str]:
+    """Names (namespace ``serve``) of the live replica actors of ``app``'s ``deployment``
+    (of every deployment of ``app`` when it is None)."""
     import ray
 
-    prefix = f"SERVE_REPLICA::{app}#{deployment}#"
+    prefix = f"SERVE_REPLICA::{app}#" + ("" if deployment is None else f"{deployment}#")
     return sorted(
         entry["name"]
         for entry in ray.util.list_named_actors(all_namespaces=True)

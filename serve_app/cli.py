@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import httpx
-import yaml
 
 from serve_app.config_check import check_file, http_address
-from serve_app.drain import IMPORT_PATH, drain
+from serve_app.drain import drain
 
 if TYPE_CHECKING:
     from serve_app.client import StreamEvent
@@ -73,23 +72,13 @@ def _stop(process: subprocess.Popen[bytes]) -> int:
     return process.wait()
 
 
-def _request_timeout_s(config: Path) -> float:
-    """The app's ``args.request_timeout_s`` in ``config`` (the drain waits as long)."""
-    from serve_app.config import AppArgs
-
-    document = yaml.safe_load(config.read_text(encoding="utf-8"))
-    app = next(a for a in document["applications"] if a.get("import_path") == IMPORT_PATH)
-    return AppArgs.model_validate(app.get("args") or {}).request_timeout_s
-
-
 def _drain_before_stop(config: Path, base: str, process: subprocess.Popen[bytes]) -> None:
     """Let the requests inside finish before the app stops; a second Ctrl-C skips it."""
     if process.poll() is not None:
         return
-    timeout = _request_timeout_s(config) + 5.0
-    print(f"\nmemeserve: draining (at most {timeout:g} s; Ctrl-C again to skip) ...", flush=True)
+    print("\nmemeserve: draining (Ctrl-C again to skip) ...", flush=True)
     try:
-        result = drain(config, base, timeout)
+        result = drain(config, base)
     except KeyboardInterrupt:
         print("memeserve: drain skipped", flush=True)
         return
@@ -99,13 +88,12 @@ def _drain_before_stop(config: Path, base: str, process: subprocess.Popen[bytes]
     if result.idle:
         print(f"memeserve: drained in {result.waited_s:.1f} s", flush=True)
     else:
-        print(f"memeserve: {result.in_flight} requests still inside after {timeout:g} s")
+        print(f"memeserve: {result.in_flight} requests still inside after {result.waited_s:.1f} s")
 
 
 def cmd_drain(args: argparse.Namespace) -> int:
     """Set ``draining`` on a running app and wait until no request is inside."""
-    timeout = args.timeout or _request_timeout_s(args.config) + 5.0
-    result = drain(args.config, args.url, timeout, args.address)
+    result = drain(args.config, args.url, args.timeout, args.address)
     if result.idle:
         print(f"memeserve: idle after {result.waited_s:.1f} s; the app can be deleted now")
         return 0

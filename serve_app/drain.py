@@ -24,7 +24,24 @@ from typing import Any
 import httpx
 import yaml
 
-IMPORT_PATH = "serve_app.app:build_app"
+from serve_app.config import AppArgs
+from serve_app.config_check import IMPORT_PATH
+
+# A drain waits this long past the app's own request deadline before giving up.
+_MARGIN_S = 5.0
+
+
+def _memeserve_apps(document: dict[str, Any]) -> list[dict[str, Any]]:
+    apps = [a for a in document.get("applications", []) if a.get("import_path") == IMPORT_PATH]
+    if not apps:
+        raise ValueError(f"no application with import_path {IMPORT_PATH} in the config")
+    return apps
+
+
+def drain_timeout_s(document: dict[str, Any]) -> float:
+    """How long a drain waits by default: the app's ``request_timeout_s`` + 5 s."""
+    args = _memeserve_apps(document)[0].get("args") or {}
+    return AppArgs.model_validate(args).request_timeout_s + _MARGIN_S
 
 
 def drained_document(document: dict[str, Any], draining: bool = True) -> dict[str, Any]:
@@ -33,10 +50,7 @@ def drained_document(document: dict[str, Any], draining: bool = True) -> dict[st
     Nothing else changes, so applying it reconfigures the LoadController in place.
     """
     drained = copy.deepcopy(document)
-    apps = [a for a in drained.get("applications", []) if a.get("import_path") == IMPORT_PATH]
-    if not apps:
-        raise ValueError(f"no application with import_path {IMPORT_PATH} in the config")
-    for app in apps:
+    for app in _memeserve_apps(drained):
         deployments = app.setdefault("deployments", [])
         entry = next((d for d in deployments if d.get("name") == "LoadController"), None)
         if entry is None:
@@ -103,8 +117,13 @@ def wait_until_idle(
     return DrainResult(False, time.monotonic() - started, in_flight)
 
 
-def drain(config: Path, base_url: str, timeout_s: float, address: str | None = None) -> DrainResult:
-    """Set ``draining`` on the running app from ``config`` and wait until it is idle."""
+def drain(
+    config: Path, base_url: str, timeout_s: float | None = None, address: str | None = None
+) -> DrainResult:
+    """Set ``draining`` on the running app from ``config`` and wait until it is idle.
+
+    ``timeout_s`` None: :func:`drain_timeout_s` of the config.
+    """
     document = yaml.safe_load(config.read_text(encoding="utf-8"))
     apply_document(drained_document(document), address)
-    return wait_until_idle(base_url, timeout_s)
+    return wait_until_idle(base_url, drain_timeout_s(document) if timeout_s is None else timeout_s)

@@ -49,6 +49,7 @@ from serve_app.openapi_docs import (
     EventStreamResponse,
 )
 from serve_app.preprocessing import CacheHit, Prepared, request_scope
+from serve_app.replica_context import replica_tag
 from serve_app.request_context import (
     choose_request_id,
     configure_logging,
@@ -323,13 +324,6 @@ async def _answer_or_error(call: Any, fallback: dict[str, Any]) -> dict[str, Any
     return answer
 
 
-def _replica_tag() -> str:
-    try:
-        return serve.get_replica_context().replica_tag
-    except Exception:  # outside a Serve replica (tests of the class itself)
-        return "local"
-
-
 def _replica_summary() -> dict[str, Any]:
     """Per-deployment status and replica counts from Serve's controller."""
     try:
@@ -385,7 +379,7 @@ class Ingress:
         self._controller = controller
         self._in_flight = 0
         self._admission = Admission()
-        self._source = _replica_tag()
+        self._source = replica_tag()
         # Reports the requests inside the graph to the LoadController (its queue signal).
         self._levels = LevelFollower(self._report_load)
         self._body_limit = int(

@@ -20,6 +20,7 @@ import uuid
 from typing import Any
 
 from serve_app.errors import BadInput
+from serve_app.replica_context import current_replica
 from serve_app.tracing import current_ids
 
 REQUEST_ID_HEADER = "x-request-id"
@@ -79,11 +80,8 @@ class RequestIdFilter(logging.Filter):
 
 
 def _replica() -> dict[str, str]:
-    try:
-        from ray import serve
-
-        context = serve.get_replica_context()
-    except Exception:  # outside a Serve replica
+    context = current_replica()
+    if context is None:
         return {}
     return {"deployment": context.deployment, "replica": context.replica_tag}
 

@@ -37,6 +37,8 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import Span, SpanKind
 
+from serve_app.replica_context import current_replica
+
 TRACES_DIR_ENV = "MEMESERVE_TRACES_DIR"
 TRACES_MODE_ENV = "MEMESERVE_TRACES"
 _OTLP_ENDPOINT_ENVS = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
@@ -60,12 +62,8 @@ def _spans_dir() -> Path:
 
 @functools.cache
 def _deployment() -> str | None:
-    try:
-        from ray import serve
-
-        return str(serve.get_replica_context().deployment)
-    except Exception:  # outside a Serve replica
-        return None
+    context = current_replica()
+    return None if context is None else str(context.deployment)
 
 
 def exporter_mode(environ: Mapping[str, str] = os.environ) -> str:

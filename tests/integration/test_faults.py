@@ -49,13 +49,7 @@ def _document(**faults: float) -> dict[str, Any]:
 
 
 def _all_replicas() -> set[str]:
-    import ray
-
-    return {
-        entry["name"]
-        for entry in ray.util.list_named_actors(all_namespaces=True)
-        if entry["name"].startswith(f"SERVE_REPLICA::{APP}#")
-    }
+    return set(replica_actor_names(deployment=None))
 
 
 def _settled(old: set[str]) -> bool:

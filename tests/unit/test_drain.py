@@ -49,3 +49,10 @@ def test_a_profile_without_a_controller_entry_gets_one() -> None:
 def test_a_config_without_memeserve_is_refused() -> None:
     with pytest.raises(ValueError, match=r"serve_app\.app:build_app"):
         drained_document({"applications": [{"name": "x", "import_path": "other:app"}]})
+
+
+def test_a_drain_waits_the_apps_deadline_and_a_margin_by_default() -> None:
+    from serve_app.drain import drain_timeout_s
+
+    assert drain_timeout_s(_profile("dev-cpu.yaml")) == 65.0  # request_timeout_s: 60
+    assert drain_timeout_s(_profile("cpu-tiny-glm4v.yaml")) == 95.0  # 90
