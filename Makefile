@@ -72,7 +72,7 @@ $(VLLM_STAMP): $(STAMP)
 
 vllm-contract-env: $(VLLM_STAMP)
 
-$(TINY_GLM4V)/config.json: $(STAMP) serve_app/tiny_glm4v.py
+$(TINY_GLM4V)/config.json: $(STAMP) serve_app/ops/tiny_glm4v.py
 	$(BIN)/memeserve tiny-glm4v $(TINY_GLM4V)
 
 tiny-glm4v: $(TINY_GLM4V)/config.json

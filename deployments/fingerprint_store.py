@@ -2,7 +2,7 @@
 
 One replica owns the in-memory index, so a repeat is a hit whichever replica sees it;
 the backend (SQLite by default, Redis across nodes) keeps the library across restarts
-and is polled for what other processes added (:mod:`serve_app.fingerprint_library`).
+and is polled for what other processes added (:mod:`serve_app.library.store`).
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from typing import Any
 
 from ray import serve
 
-from serve_app.config import CacheArgs
-from serve_app.fingerprint_library import FingerprintLibrary, LibraryHit, StoreKey, library_from
-from serve_app.library_backends import LibraryUnavailable
-from serve_app.request_context import configure_logging
-from serve_app.service_metrics import count_cache_lookup
-from serve_app.tracing import annotate, stage
+from serve_app.config.models import CacheArgs
+from serve_app.library.backends import LibraryUnavailable
+from serve_app.library.store import FingerprintLibrary, LibraryHit, StoreKey, library_from
+from serve_app.observability.logs import configure_logging
+from serve_app.observability.metrics import count_cache_lookup
+from serve_app.observability.tracing import annotate, stage
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _observed(kind: str, hit: LibraryHit | None) -> LibraryHit | None:
     ray_actor_options={"num_cpus": 0.05},
 )
 class FingerprintStore:
-    """Serve wrapper around :class:`serve_app.fingerprint_library.FingerprintLibrary`."""
+    """Serve wrapper around :class:`serve_app.library.store.FingerprintLibrary`."""
 
     async def __init__(self, cache_args: dict[str, Any]) -> None:  # type: ignore[misc]
         configure_logging()

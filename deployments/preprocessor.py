@@ -1,6 +1,6 @@
 """Preprocessor: validate, decode and fingerprint uploads; answer repeats from the library.
 
-The degradation level comes from a local :class:`~serve_app.degradation.LevelFollower`
+The degradation level comes from a local :class:`~serve_app.load.degradation.LevelFollower`
 refreshed in the background, never from a call per request. A stored answer is
 looked up before any resizing; on a miss the upload is resized to the level's budget.
 """
@@ -15,13 +15,13 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.config import AppArgs
-from serve_app.degradation import LevelFollower, LevelState
-from serve_app.fingerprint import Fingerprinter
-from serve_app.fingerprint_library import LibraryHit
-from serve_app.preprocessing import CacheHit, Prepared, build_request, key_upload
-from serve_app.request_context import configure_logging, set_request_id
-from serve_app.tracing import stage
+from serve_app.config.models import AppArgs
+from serve_app.library.store import LibraryHit
+from serve_app.load.degradation import LevelFollower, LevelState
+from serve_app.media.fingerprint import Fingerprinter
+from serve_app.observability.logs import configure_logging, set_request_id
+from serve_app.observability.tracing import stage
+from serve_app.pipeline.prepare import CacheHit, Prepared, build_request, key_upload
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
     ray_actor_options={"num_cpus": 0.25},
 )
 class Preprocessor:
-    """Serve wrapper around :mod:`serve_app.preprocessing`."""
+    """Serve wrapper around :mod:`serve_app.pipeline.prepare`."""
 
     async def __init__(  # type: ignore[misc]
         self, args: dict[str, Any], store: DeploymentHandle, controller: DeploymentHandle
@@ -62,7 +62,7 @@ class Preprocessor:
     ) -> Prepared | CacheHit:
         """Decode and key the upload; a stored analysis short-circuits the engine.
 
-        ``upload`` is the ingress's :func:`~serve_app.fingerprint_library.upload_key`;
+        ``upload`` is the ingress's :func:`~serve_app.library.store.upload_key`;
         a hit remembers it, so the same bytes sent again skip this step.
         """
         set_request_id(request_id)

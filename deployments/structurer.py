@@ -9,12 +9,13 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.config import StructurerUserConfig
+from serve_app.config.models import StructurerUserConfig
 from serve_app.engines import EngineOutput
-from serve_app.fingerprint_library import StoreKey
-from serve_app.request_context import configure_logging, set_request_id
-from serve_app.structuring import StructureContext, build_analysis
-from serve_app.tracing import stage
+from serve_app.library.store import StoreKey
+from serve_app.observability.logs import configure_logging, set_request_id
+from serve_app.observability.tracing import stage
+from serve_app.understanding import structuring
+from serve_app.understanding.structuring import StructureContext
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
     ray_actor_options={"num_cpus": 0.1},
 )
 class Structurer:
-    """Serve wrapper around :func:`serve_app.structuring.build_analysis`."""
+    """Serve wrapper around :func:`serve_app.understanding.structuring.structure`."""
 
     def __init__(self, store: DeploymentHandle) -> None:
         configure_logging()
@@ -43,11 +44,12 @@ class Structurer:
         set_request_id(context.request_id)
         with stage("structure", {"request_id": context.request_id}) as span:
             started = time.perf_counter()
-            analysis = build_analysis(output, context, self._config)
+            structured = structuring.structure(output, context, self._config)
+            analysis = structured.analysis
             analysis.meta.timings_ms.structure = round((time.perf_counter() - started) * 1000.0, 2)
             result = analysis.model_dump(mode="json")
             warnings = analysis.meta.warnings
-            stored = store_key is not None and "unparseable_model_output" not in warnings
+            stored = store_key is not None and structured.from_model
             span.set_attributes(
                 {
                     "memeserve.emotion": analysis.emotion,

@@ -51,8 +51,8 @@ from loadtest.transforms import (
     TRANSFORMS,
     apply,
 )
-from serve_app.fingerprint import Fingerprint, Fingerprinter, hamming
-from serve_app.hamming_index import HammingIndex
+from serve_app.media.fingerprint import Fingerprint, Fingerprinter, hamming
+from serve_app.media.hamming_index import HammingIndex
 
 BASELINE_THRESHOLD = 10
 RECALL_TARGET = 0.95

@@ -53,17 +53,17 @@ import numpy as np
 from PIL import Image
 
 from loadtest.corpus import FontMissing, corpus, draw_meme, draw_template
-from serve_app.config import AppArgs, EngineArgs, LevelArgs, TransformersArgs
+from serve_app.config.models import AppArgs, EngineArgs, LevelArgs, TransformersArgs
 from serve_app.engines.base import EngineRequest
 from serve_app.engines.transformers_engine import TransformersEngine, _image_only
-from serve_app.imaging import resize_to_budget, visual_tokens
-from serve_app.prompts import build_messages, processor_size
-from serve_app.tiny_glm4v import (
+from serve_app.media.imaging import resize_to_budget, visual_tokens
+from serve_app.ops.tiny_glm4v import (
     GLM46V_FLASH_DIMS,
     TINY_DIMS,
     build_config,
     build_tokenizer,
 )
+from serve_app.understanding.prompts import build_messages, processor_size
 
 DEFAULT_OUT: Final[Path] = Path("artifacts/bench_engine.json")
 MODEL_ID: Final[str] = "glm-4.6v-flash-random"

@@ -83,7 +83,7 @@ def start_service(config: Path) -> tuple[subprocess.Popen[bytes], str, float]:
         yaml.safe_dump(document, handle, allow_unicode=True)
     started = time.monotonic()
     process = subprocess.Popen(
-        [sys.executable, "-m", "serve_app.cli", "run", "--config", handle.name],
+        [sys.executable, "-m", "serve_app.ops.cli", "run", "--config", handle.name],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -366,7 +366,7 @@ def launch(document: dict[str, Any], name: str, nice: int = 0, timeout_s: float 
     started = time.monotonic()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "serve_app.cli", "run", "--config", str(config_path)],
+            [sys.executable, "-m", "serve_app.ops.cli", "run", "--config", str(config_path)],
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

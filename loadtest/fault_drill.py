@@ -53,7 +53,7 @@ from loadtest.bench_overload import (
     replica_counts,
     stop_service,
 )
-from serve_app.schema import Analysis
+from serve_app.understanding.analysis import Analysis
 
 ROOT = Path(__file__).resolve().parents[1]
 APP = "memeserve"

@@ -14,7 +14,8 @@ User classes (one per traffic mix; ``weight`` sets their share of the users):
 * :class:`BatchCalls` — ``/v1/memes/analyze/batch`` with 2-4 items.
 * :class:`StreamCalls` — ``/v1/memes/analyze/stream``; the SSE events are read and checked.
 
-Every 200 body is validated against the wire schema (``serve_app.schema``); a body that
+Every 200 body is validated against the wire schema
+(``serve_app.understanding.analysis``); a body that
 does not validate is a failure. 429 and 503 are the service shedding load: they are
 failures named by their status (``shed 429`` / ``shed 503``) so Locust's failure table
 counts them by status, and one without ``Retry-After`` is a separate failure
@@ -46,7 +47,8 @@ from pydantic import ValidationError
 
 from loadtest.corpus import CAPTIONS, corpus, draw_meme, encode, meme_bytes
 from loadtest.transforms import INFORMATIVE_TRANSFORMS, TRANSFORMS, apply
-from serve_app.schema import Analysis, BatchResponse
+from serve_app.http.wire import BatchResponse
+from serve_app.understanding.analysis import Analysis
 
 ANALYZE = "/v1/memes/analyze"
 BATCH = "/v1/memes/analyze/batch"

@@ -2,7 +2,7 @@
 
 Each transform takes a PIL RGB image and a :class:`random.Random` and returns what the
 service would hand to the fingerprinter: where an encoder is involved the bytes are
-decoded again with :func:`serve_app.imaging.decode_image`, exactly as an upload is.
+decoded again with :func:`serve_app.media.imaging.decode_image`, exactly as an upload is.
 Every random choice comes from the ``rng`` argument, so a (seed, image) pair always
 yields the same pixels.
 """
@@ -16,7 +16,7 @@ from typing import Final
 from PIL import Image, ImageDraw
 
 from loadtest.corpus import cjk_font, encode
-from serve_app.imaging import Limits, decode_image
+from serve_app.media.imaging import Limits, decode_image
 
 Transform = Callable[[Image.Image, random.Random], Image.Image]
 

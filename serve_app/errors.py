@@ -4,7 +4,7 @@ Every deliberate failure is a :class:`MemeServeError` carrying an HTTP status, a
 stable machine-readable ``code`` and a message safe to show to a client. Two
 branches: :class:`ClientError` (4xx, the request was wrong) and :class:`ServerError`
 (5xx, we failed). The ingress converts them to the JSON error body in exactly one
-place (``serve_app.ingress``); anything else becomes a generic 500 with no details.
+place (``deployments.ingress``); anything else becomes a generic 500 with no details.
 
 The classes keep their constructor arguments in ``args`` so that they survive
 pickling across Ray Serve ``DeploymentHandle`` calls.

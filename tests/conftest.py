@@ -24,6 +24,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(scope="session")
 def tiny_glm4v_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random GLM-4.xV checkpoint, written offline once per test session."""
-    from serve_app.tiny_glm4v import build_tiny_glm4v
+    from serve_app.ops.tiny_glm4v import build_tiny_glm4v
 
     return build_tiny_glm4v(tmp_path_factory.mktemp("tiny-glm4v"))

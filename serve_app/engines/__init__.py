@@ -6,7 +6,7 @@ Engines with heavy optional dependencies are imported only when selected, so
 
 from __future__ import annotations
 
-from serve_app.config import EngineArgs
+from serve_app.config.models import EngineArgs
 from serve_app.engines.base import Engine, EngineOutput, EngineRequest, EngineStats
 
 __all__ = ["Engine", "EngineOutput", "EngineRequest", "EngineStats", "create_engine"]

@@ -1,6 +1,6 @@
 """Fault injection for drills: an engine that wraps another and fails or slows on purpose.
 
-``engine.faults`` in the application args (:class:`~serve_app.config.FaultArgs`) makes
+``engine.faults`` in the application args (:class:`~serve_app.config.models.FaultArgs`) makes
 :func:`~serve_app.engines.create_engine` wrap the configured engine in a
 :class:`FaultInjectingEngine`. Each generate/stream call (each item of a batch) first
 waits ``delay_ms`` — with ``asyncio.sleep``, so a deadline or a departed client still
@@ -19,7 +19,7 @@ import logging
 import random
 from collections.abc import AsyncIterator, Iterator
 
-from serve_app.config import FaultArgs
+from serve_app.config.models import FaultArgs
 from serve_app.engines.base import Engine, EngineOutput, EngineRequest, EngineStats
 from serve_app.errors import EngineError
 

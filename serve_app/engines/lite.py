@@ -16,12 +16,12 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from serve_app.config import EngineArgs
+from serve_app.config.models import EngineArgs
 from serve_app.engines.base import Engine, EngineOutput, EngineRequest, EngineStats
 from serve_app.errors import EngineError, MemeServeError, ServiceUnavailable
-from serve_app.labels import EMOTION_ZH, INTENT_ZH
-from serve_app.lexicon import Lexicon, LexiconHit
-from serve_app.ocr import OcrReader
+from serve_app.media.ocr import OcrReader
+from serve_app.understanding.labels import EMOTION_ZH, INTENT_ZH
+from serve_app.understanding.lexicon import Lexicon, LexiconHit
 
 logger = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from serve_app.config import EngineArgs
+from serve_app.config.models import EngineArgs
 from serve_app.engines.base import Engine, EngineOutput, EngineRequest, EngineStats
 from serve_app.errors import DeadlineExceeded, EngineError, MemeServeError, ServiceUnavailable
-from serve_app.prompts import build_messages, processor_size
+from serve_app.understanding.prompts import build_messages, processor_size
 
 if TYPE_CHECKING:
     import torch
@@ -131,6 +131,8 @@ class _Job:
 
     request: EngineRequest
     cancelled: threading.Event = field(default_factory=threading.Event)
+    stopped_early: bool = False
+    """Counted in ``aborted`` already (a caller that left and a deadline count once)."""
 
 
 class _RowStop:
@@ -269,6 +271,14 @@ class TransformersEngine(Engine):
     def stats(self) -> EngineStats:
         return EngineStats(in_flight=self._in_flight, waiting=self._waiting, aborted=self._aborted)
 
+    def _stopped_early(self, jobs: Sequence[_Job]) -> None:
+        """Count each of ``jobs`` once in ``aborted`` (caller gone or deadline passed)."""
+        with self._counts:
+            for job in jobs:
+                if not job.stopped_early:
+                    job.stopped_early = True
+                    self._aborted += 1
+
     async def generate(self, request: EngineRequest) -> EngineOutput:
         result = (await self.generate_batch([request]))[0]
         if isinstance(result, BaseException):
@@ -323,7 +333,7 @@ class TransformersEngine(Engine):
         except asyncio.CancelledError:
             for job in jobs:
                 job.cancelled.set()
-            self._aborted += count
+            self._stopped_early(jobs)
             raise
         finally:
             with self._counts:
@@ -383,6 +393,7 @@ class TransformersEngine(Engine):
             request = job.request
             new_ids = self._answer_ids(generated[row, prompt_length:], request.max_output_tokens)
             if request.deadline is not None and time.time() > request.deadline:
+                self._stopped_early([job])
                 outputs.append(DeadlineExceeded("the request deadline passed during generation"))
                 continue
             outputs.append(
@@ -453,12 +464,14 @@ class TransformersEngine(Engine):
                 yield item
             await task
             finished = True
-            request.check_deadline()
+            if request.deadline is not None and time.time() > request.deadline:
+                self._stopped_early([job])
+                raise DeadlineExceeded("the request deadline passed during generation")
         finally:
             if not finished:
                 # The consumer left mid-stream: stop generating at the next token.
                 job.cancelled.set()
                 if task.done():
-                    self._aborted += 1
+                    self._stopped_early([job])
                 else:
                     task.cancel()

@@ -27,10 +27,10 @@ from typing import Any, Final
 
 from PIL import Image
 
-from serve_app.config import EngineArgs
+from serve_app.config.models import EngineArgs
 from serve_app.engines.base import Engine, EngineOutput, EngineRequest, EngineStats
 from serve_app.errors import DeadlineExceeded, EngineError, MemeServeError, ServiceUnavailable
-from serve_app.prompts import analysis_json_schema, build_messages, processor_size
+from serve_app.understanding.prompts import analysis_json_schema, build_messages, processor_size
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,6 @@ class _SchedulerFigures:
     """Latest scheduler figures, written by the StatLogger vLLM calls each step."""
 
     def __init__(self) -> None:
-        self.running = 0
         self.waiting = 0
         self.kv_cache_usage = 0.0
 
@@ -127,7 +126,6 @@ def _stat_logger_factory(figures: _SchedulerFigures) -> Any:
             engine_idx: int = 0,
         ) -> None:
             if scheduler_stats is not None:
-                figures.running = scheduler_stats.num_running_reqs
                 figures.waiting = scheduler_stats.num_waiting_reqs
                 figures.kv_cache_usage = scheduler_stats.kv_cache_usage
 

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
+
 ROUTES = {"/v1/memes/analyze", "/v1/memes/analyze/batch", "/v1/memes/analyze/stream"}
 
 

@@ -18,8 +18,7 @@ import pytest
 import yaml
 
 from loadtest.corpus import MemeSpec, meme_bytes
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.paths import ROOT
 
 
 def _free_port() -> int:

@@ -20,11 +20,11 @@ import pytest
 
 from loadtest.corpus import MemeSpec, meme_bytes
 from tests.e2e.test_make_run import Service, shipped_profile_on_free_port, stop_and_check
+from tests.support.paths import ROOT
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Route
 
-ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts" / "e2e"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

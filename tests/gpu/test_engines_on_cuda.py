@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from loadtest.corpus import MemeSpec, draw_meme
-from serve_app.config import EngineArgs
+from serve_app.config.models import EngineArgs
 from serve_app.engines import EngineRequest, create_engine
 from serve_app.engines.transformers_engine import TransformersEngine
 from serve_app.errors import DeadlineExceeded
-from serve_app.imaging import resize_to_budget
-from serve_app.prompts import FIELD_ORDER
+from serve_app.media.imaging import resize_to_budget
+from serve_app.understanding.prompts import FIELD_ORDER
 from tests.gpu.conftest import needs_cuda, needs_vllm
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from serve_app.schema import ImageInfo
-from serve_app.structuring import StructureContext
+from serve_app.understanding.analysis import ImageInfo
+from serve_app.understanding.structuring import StructureContext
 
 IMAGE = ImageInfo(
     width=640,

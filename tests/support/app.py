@@ -66,7 +66,7 @@ def start_app(
     """Start Ray + the memeserve graph in this process (``serve.run``); yield its base URL."""
     from ray import serve
 
-    from serve_app.app import build_graph
+    from deployments.app import build_graph
 
     port = free_port()
     with _ray_with_serve(port):
@@ -88,7 +88,7 @@ def serve_config(args: dict[str, Any], controller_config: dict[str, Any]) -> dic
             {
                 "name": "memeserve",
                 "route_prefix": "/",
-                "import_path": "serve_app.app:build_app",
+                "import_path": "deployments.app:build_app",
                 "args": args,
                 "deployments": [{"name": "LoadController", "user_config": controller_config}],
             }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from serve_app.config import ControllerUserConfig
+from serve_app.config.models import ControllerUserConfig
 
 
 def level_table(**fields: Any) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from serve_app.library_backends import LibraryBackend, LibraryRecord, LibraryUnavailable
+from serve_app.library.backends import LibraryBackend, LibraryRecord, LibraryUnavailable
 
 OpenOnStore = Callable[[], LibraryBackend]
 

@@ -1,0 +1,575 @@
+"""Strict configuration models: the application ``args`` and each deployment's ``user_config``.
+
+Every model forbids unknown keys and describes every field, so a typo in a YAML
+profile is an error that names the file and the field instead of a silently ignored
+knob. :mod:`serve_app.config.check` loads whole Serve config files against these.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+PROMPT_VERSION = "glm-v1"
+"""Version of the prompts of :mod:`serve_app.understanding.prompts`; bump it with their text
+(it is part of the result-cache key, so old answers are not served for new prompts)."""
+
+
+class StrictModel(BaseModel):
+    """Base for all config models: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class OcrArgs(StrictModel):
+    """OCR used by the lite engine (RapidOCR with the models its wheel ships)."""
+
+    min_score: float = Field(
+        0.6, ge=0.0, le=1.0, description="Drop OCR lines recognised with a lower confidence."
+    )
+    threads: int = Field(
+        1, ge=1, le=64, description="onnxruntime intra-op threads per OCR call (per replica)."
+    )
+    max_side: int = Field(
+        1600, ge=64, le=8192, description="Longest image side handed to OCR; larger is shrunk."
+    )
+
+
+class TransformersArgs(StrictModel):
+    """The ``transformers`` engine: any Glm4v checkpoint directory, GPU or CPU."""
+
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when available, else CPU."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="auto: bfloat16 on GPUs that support it, float16 on others (T4), "
+        "float32 on CPU.",
+    )
+    max_batch_size: int = Field(
+        4, ge=1, le=64, description="Requests generated together (Serve @serve.batch)."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.02, ge=0, le=5, description="How long a batch waits to fill before it runs."
+    )
+
+
+class VllmArgs(StrictModel):
+    """The ``vllm`` engine (production, GPU)."""
+
+    engine_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Passed verbatim to vllm.AsyncEngineArgs (model, quantization, dtype, "
+        "max_model_len, gpu_memory_utilization, max_num_seqs, limit_mm_per_prompt, "
+        "enable_prefix_caching, mm_processor_kwargs …); a contract test builds "
+        "AsyncEngineArgs from every shipped profile.",
+    )
+    structured_output: bool = Field(
+        True, description="Constrain decoding to the analysis JSON schema."
+    )
+
+
+class FaultArgs(StrictModel):
+    """Fault injection for drills (:mod:`serve_app.engines.faults`); never in production."""
+
+    error_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Fraction (0..1) of generate/stream calls (batch items each count) that "
+        "raise an injected EngineError (HTTP 502) instead of reaching the engine.",
+    )
+    delay_ms: float = Field(
+        0.0,
+        ge=0.0,
+        le=600_000.0,
+        description="Extra latency (ms) added before the engine runs; cancellable, so a "
+        "deadline or a client that leaves still stops the request.",
+    )
+    seed: int = Field(
+        0, description="Seed of the fault RNG: the same seed gives the same faults in order."
+    )
+
+
+class EngineArgs(StrictModel):
+    """Which engine each VLM pool replica runs, and the model behind it."""
+
+    kind: Literal["lite", "transformers", "vllm"] = Field(
+        "lite",
+        description="lite = CPU, OCR + slang lexicon, no weights; transformers = any Glm4v "
+        "checkpoint via Hugging Face transformers (GPU or CPU); vllm = production GPU engine.",
+    )
+    model_id: str = Field(
+        "memeserve-lite",
+        min_length=1,
+        description="Model name reported in responses and /v1/status.",
+    )
+    model_version: str = Field(
+        "lite-1",
+        min_length=1,
+        description="Model version; part of the cache key, so changing it invalidates results.",
+    )
+    model_path: Path | None = Field(
+        None,
+        description="Local checkpoint directory (GLM engines). Never fetched from a hub. "
+        "A relative path is taken from the directory the application is started in.",
+    )
+    lexicon_path: Path | None = Field(
+        None, description="Slang lexicon YAML; defaults to the one shipped in the package."
+    )
+    max_visual_tokens: int = Field(
+        1024,
+        ge=4,
+        le=16384,
+        description="The largest image budget any degradation level may ask for; engines "
+        "size their image cap with it (vLLM's mm_processor_kwargs) and larger level budgets "
+        "are clipped to it.",
+    )
+    ocr: OcrArgs = Field(default_factory=OcrArgs, description="OCR settings (lite engine).")
+    transformers: TransformersArgs = Field(
+        default_factory=TransformersArgs, description="Settings of the transformers engine."
+    )
+    vllm: VllmArgs = Field(default_factory=VllmArgs, description="Settings of the vllm engine.")
+    faults: FaultArgs | None = Field(
+        None,
+        description="Fault drills only; leave null in production. Wraps the engine so that "
+        "it fails or slows down on purpose (loadtest/fault_drill.py).",
+    )
+
+    @property
+    def model_name(self) -> str:
+        """``model_id@model_version``: how responses name the model; part of the cache key."""
+        return f"{self.model_id}@{self.model_version}"
+
+    @field_validator("model_path")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # Replicas do not share the starting directory: pin the path where it was read.
+        return None if value is None else value.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _model_location(self) -> EngineArgs:
+        if self.kind == "transformers" and self.model_path is None:
+            raise ValueError(
+                "engine.kind 'transformers' needs engine.model_path (a local directory)"
+            )
+        if self.kind == "vllm" and not (self.model_path or self.vllm.engine_kwargs.get("model")):
+            raise ValueError(
+                "engine.kind 'vllm' needs engine.model_path or vllm.engine_kwargs.model"
+            )
+        return self
+
+
+class LimitsArgs(StrictModel):
+    """Input limits enforced before any expensive work."""
+
+    max_bytes: int = Field(
+        10 * 1024 * 1024, ge=1024, description="Largest accepted upload in bytes (else 413)."
+    )
+    max_pixels: int = Field(
+        40_000_000,
+        ge=64 * 64,
+        description="Largest width*height read from the header, checked before decoding (413).",
+    )
+    max_frames: int = Field(
+        2000, ge=1, description="Animated images with more frames are refused (413)."
+    )
+    max_aspect_ratio: float = Field(
+        200.0, ge=1.0, description="Longest/shortest side above this is refused (400)."
+    )
+    max_text_chars: int = Field(
+        2000, ge=0, description="Longest accepted context text, in characters (else 422)."
+    )
+    sampled_frames: int = Field(
+        4,
+        ge=1,
+        le=16,
+        description="Frames sampled evenly from an animation and tiled into one image.",
+    )
+    max_batch_items: int = Field(
+        16,
+        ge=1,
+        le=256,
+        description="Most items in one POST /v1/memes/analyze/batch (else 422); the body "
+        "limit of a batch is this many times the single-request limit.",
+    )
+
+
+class LevelArgs(StrictModel):
+    """One row of the degradation table (DESIGN.md §2): when to enter it and what it does."""
+
+    level: int = Field(ge=0, le=3, description="0 normal, 1 degraded, 2 strained, 3 shed.")
+    name: str = Field(description="Human-readable name shown in /v1/status.")
+    enter_load: float | None = Field(
+        None,
+        gt=0,
+        description="Enter this level when the load (largest signal / its full_at) holds at "
+        "or above this for enter_samples samples; 0.8 = 80 %. None (only) for level 0.",
+    )
+    leave_load: float | None = Field(
+        None,
+        gt=0,
+        description="Leave this level (one step down) when the load holds below this for "
+        "leave_samples samples; below enter_load, so the level does not flap. None for level 0.",
+    )
+    max_visual_tokens: int = Field(
+        ge=4,
+        description="Image budget: (h/28)*(w/28) after GLM-geometry resize; capped by "
+        "engine.max_visual_tokens.",
+    )
+    max_context_chars: int = Field(
+        ge=0, description="Request context text is truncated to this many characters."
+    )
+    max_output_tokens: int = Field(ge=16, description="Output token cap for the engine.")
+    explanation_max_chars: int = Field(
+        ge=0, description="The explanation is cut to this many characters."
+    )
+    route: Literal["engine", "lite", "reject"] = Field(
+        "engine",
+        description="engine: the configured engine; lite: the lite engine (OCR + lexicon, "
+        "no GPU) answers instead; reject: admission control — requests are let in up to "
+        "the pool's capacity (and served at this level's budgets), the excess is refused "
+        "with reject_status and Retry-After instead of queueing.",
+    )
+    reject_status: Literal[429, 503] = Field(
+        503, description="Status of a refusal when route is reject (503 shed, 429 back off)."
+    )
+    retry_after_s: int = Field(
+        2, ge=1, le=3600, description="Retry-After (seconds) sent with a refusal."
+    )
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> LevelArgs:
+        if self.level == 0:
+            if self.enter_load is not None or self.leave_load is not None:
+                raise ValueError("level 0 is where the controller rests: no enter/leave_load")
+            if self.route != "engine":
+                raise ValueError("level 0 must route to the engine")
+            return self
+        if self.enter_load is None or self.leave_load is None:
+            raise ValueError(f"level {self.level} needs enter_load and leave_load")
+        if self.leave_load >= self.enter_load:
+            raise ValueError(
+                f"level {self.level}: leave_load ({self.leave_load}) must be below "
+                f"enter_load ({self.enter_load}), or the level flaps"
+            )
+        return self
+
+
+def _default_levels() -> tuple[LevelArgs, ...]:
+    return (
+        LevelArgs(
+            level=0,
+            name="normal",
+            max_visual_tokens=1024,
+            max_context_chars=2000,
+            max_output_tokens=512,
+            explanation_max_chars=300,
+        ),
+        LevelArgs(
+            level=1,
+            name="degraded",
+            enter_load=0.8,
+            leave_load=0.6,
+            max_visual_tokens=256,
+            max_context_chars=500,
+            max_output_tokens=256,
+            explanation_max_chars=120,
+        ),
+        LevelArgs(
+            level=2,
+            name="strained",
+            enter_load=0.95,
+            leave_load=0.75,
+            max_visual_tokens=64,
+            max_context_chars=100,
+            max_output_tokens=96,
+            explanation_max_chars=40,
+        ),
+        LevelArgs(
+            level=3,
+            name="shed",
+            enter_load=1.5,
+            leave_load=1.0,
+            max_visual_tokens=64,
+            max_context_chars=100,
+            max_output_tokens=96,
+            explanation_max_chars=40,
+            route="lite",
+        ),
+    )
+
+
+SignalName = Literal[
+    "gpu_util", "gpu_memory", "kv_cache", "engine_waiting", "engine_in_flight", "graph_queue", "cpu"
+]
+
+
+class SignalArgs(StrictModel):
+    """How one load signal counts: its value divided by ``full_at`` is its load (1.0 = 100 %)."""
+
+    enabled: bool = Field(True, description="Whether this signal takes part in the load.")
+    full_at: float = Field(
+        1.0,
+        gt=0,
+        description="The raw value that counts as 100 % load (a fraction for utilisations, "
+        "a request count for queues).",
+    )
+
+
+def _default_signals() -> dict[SignalName, SignalArgs]:
+    return {
+        # NVML utilisation is a duty cycle (one kernel running = 100 %): real but coarse.
+        "gpu_util": SignalArgs(enabled=True, full_at=1.0),
+        # vLLM preallocates most of the card, so memory says little there; off by default.
+        "gpu_memory": SignalArgs(enabled=False, full_at=0.95),
+        "kv_cache": SignalArgs(enabled=True, full_at=1.0),
+        "engine_waiting": SignalArgs(enabled=True, full_at=8.0),
+        "engine_in_flight": SignalArgs(enabled=True, full_at=1.0),
+        "graph_queue": SignalArgs(enabled=True, full_at=1.0),
+        "cpu": SignalArgs(enabled=False, full_at=1.0),
+    }
+
+
+class ControllerUserConfig(StrictModel):
+    """``user_config`` of the LoadController deployment (live-reloadable with serve deploy)."""
+
+    enabled: bool = Field(
+        True, description="false: stay at level 0 whatever the load (signals still shown)."
+    )
+    force_level: int | None = Field(
+        None, ge=0, le=3, description="Pin this level whatever the load (drills); null: off."
+    )
+    draining: bool = Field(
+        False,
+        description="true: every ingress refuses new analyses with 503 + Retry-After while "
+        "those already inside finish (resent memes are still answered from the library). "
+        "Set before the app is deleted or shut down; `memeserve drain` does it and waits.",
+    )
+    period_s: float = Field(
+        0.5, ge=0.05, le=60, description="Seconds between samples (and replica reports)."
+    )
+    enter_samples: int = Field(
+        3, ge=1, le=1000, description="Samples the load must hold above a level's enter_load."
+    )
+    leave_samples: int = Field(
+        10, ge=1, le=10000, description="Samples the load must hold below leave_load to step down."
+    )
+    stale_after_s: float = Field(
+        5.0, gt=0, description="A replica report older than this no longer counts."
+    )
+    signals: dict[SignalName, SignalArgs] = Field(
+        default_factory=_default_signals,
+        description="Signals that make up the load; the largest normalised one wins. "
+        "Missing names keep their defaults.",
+    )
+    levels: tuple[LevelArgs, ...] = Field(
+        default_factory=_default_levels,
+        description="Degradation table, one row per level 0..3, thresholds rising with level.",
+    )
+
+    @field_validator("signals", mode="before")
+    @classmethod
+    def _merge_signal_defaults(cls, value: Any) -> Any:
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {
+            name: args.model_dump() for name, args in _default_signals().items()
+        }
+        for name, override in value.items():
+            if isinstance(override, dict) and name in merged:
+                merged[name] = {**merged[name], **override}
+            else:
+                merged[name] = override
+        return merged
+
+    @model_validator(mode="after")
+    def _levels_complete(self) -> ControllerUserConfig:
+        found = sorted(row.level for row in self.levels)
+        if found != [0, 1, 2, 3]:
+            raise ValueError(f"levels must have exactly one row for each of 0..3, got {found}")
+        rows = [self.level(number) for number in (1, 2, 3)]
+        for lower, upper in itertools.pairwise(rows):
+            assert lower.enter_load is not None and upper.enter_load is not None
+            if upper.enter_load <= lower.enter_load:
+                raise ValueError(
+                    f"level {upper.level} enter_load ({upper.enter_load}) must be above "
+                    f"level {lower.level}'s ({lower.enter_load})"
+                )
+        return self
+
+    def level(self, number: int) -> LevelArgs:
+        """The table row for degradation level ``number``."""
+        return next(row for row in self.levels if row.level == number)
+
+
+class CacheArgs(StrictModel):
+    """The fingerprint library: exact and near-duplicate answers, persisted (DESIGN.md §4)."""
+
+    enabled: bool = Field(True, description="Answer repeats from the store.")
+    near: bool = Field(
+        True,
+        description="Also answer near duplicates (re-encoded, resized, bordered, lightly "
+        "cropped or watermarked copies); false: exact repeats only.",
+    )
+    max_entries: int = Field(100_000, ge=1, description="LRU bound on stored analyses.")
+    max_memory_mb: float = Field(
+        512.0, gt=0, description="Bound on the in-memory index and analyses (LRU evicts)."
+    )
+    ttl_s: float = Field(
+        24 * 3600.0, gt=0, description="Seconds an analysis stays valid after it is stored."
+    )
+    backend: Literal["memory", "sqlite", "redis"] = Field(
+        "sqlite",
+        description="memory: lost on restart; sqlite: an embedded file that survives "
+        "restarts (one node); redis: shared by every node of a cluster.",
+    )
+    sqlite_path: Path = Field(
+        Path(".memeserve/library.sqlite3"),
+        description="SQLite file of the library (relative to the start directory).",
+    )
+    redis_url: str | None = Field(
+        None, description="redis://host:port/db for the redis backend (else required)."
+    )
+    redis_prefix: str = Field(
+        "memeserve:library:", min_length=1, description="Key prefix in Redis."
+    )
+    sync_period_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="Seconds between pulls of what other processes added to the backend "
+        "(other nodes on redis, `memeserve library import`).",
+    )
+
+    @field_validator("sqlite_path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+    @model_validator(mode="after")
+    def _backend_location(self) -> CacheArgs:
+        if self.backend == "redis" and not self.redis_url:
+            raise ValueError("cache.backend 'redis' needs cache.redis_url")
+        return self
+
+
+_SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+
+
+class ApiKeyArgs(StrictModel):
+    """One accepted API key, configured by its SHA-256 digest (never the plaintext)."""
+
+    name: str = Field(
+        min_length=1, max_length=64, description="Name of the key (logs); unique among keys."
+    )
+    sha256: str = Field(
+        description="Hex SHA-256 digest of the key: "
+        "python -c \"import hashlib;print(hashlib.sha256(b'KEY').hexdigest())\"."
+    )
+    rate_per_s: float | None = Field(
+        None, gt=0, description="Sustained requests per second for this key; null: no limit."
+    )
+    burst: int = Field(
+        10, ge=1, le=100_000, description="Token bucket size: requests allowed in a burst."
+    )
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex_digest(cls, value: str) -> str:
+        if not _SHA256_HEX.match(value):
+            raise ValueError("sha256 must be 64 hexadecimal characters (a SHA-256 digest)")
+        return value.lower()
+
+
+class SecurityArgs(StrictModel):
+    """API keys, per-key rate limits and CORS at the ingress (the defaults keep it open)."""
+
+    require_api_key: bool = Field(
+        False,
+        description="Refuse to start without at least one key. Keys are enforced whenever "
+        "any are loaded; with none (and this false) the API is open.",
+    )
+    api_keys: tuple[ApiKeyArgs, ...] = Field(
+        (), description="Accepted keys as SHA-256 digests, each with its own rate limit."
+    )
+    api_keys_env: str | None = Field(
+        None,
+        min_length=1,
+        description="Name of an environment variable of comma-separated plaintext keys, "
+        "hashed when loaded and named env-1, env-2, …; null: none.",
+    )
+    env_rate_per_s: float | None = Field(
+        None, gt=0, description="Requests per second for each key from api_keys_env; null: none."
+    )
+    env_burst: int = Field(
+        10, ge=1, le=100_000, description="Token bucket size for each key from api_keys_env."
+    )
+    cors_allow_origins: tuple[str, ...] = Field(
+        (),
+        description="Origins allowed by CORS (exact, e.g. https://app.example); empty: "
+        "no CORS headers at all.",
+    )
+    public_paths: tuple[str, ...] = Field(
+        ("/", "/healthz", "/readyz", "/docs", "/openapi.json"),
+        description="Exact paths that never need a key.",
+    )
+
+    @model_validator(mode="after")
+    def _keys_present(self) -> SecurityArgs:
+        if self.require_api_key and not self.api_keys and not self.api_keys_env:
+            raise ValueError(
+                "security.require_api_key is true but neither api_keys nor api_keys_env is set"
+            )
+        names = [key.name for key in self.api_keys]
+        if len(set(names)) != len(names):
+            raise ValueError("security.api_keys names must be unique")
+        if any(name.startswith("env-") for name in names) and self.api_keys_env:
+            raise ValueError("names starting with 'env-' are reserved for keys from api_keys_env")
+        return self
+
+
+class AppArgs(StrictModel):
+    """The ``args`` of ``deployments.app:build_app`` in every Serve config."""
+
+    engine: EngineArgs = Field(default_factory=EngineArgs, description="Model engine.")
+    limits: LimitsArgs = Field(default_factory=LimitsArgs, description="Input limits.")
+    cache: CacheArgs = Field(default_factory=CacheArgs, description="Result cache.")
+    security: SecurityArgs = Field(
+        default_factory=SecurityArgs, description="API keys, rate limits and CORS."
+    )
+    request_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
+        60.0, description="Deadline for one analysis end to end (else 504)."
+    )
+    prompt_version: str = Field(
+        PROMPT_VERSION, min_length=1, description="Prompt version; part of the cache key."
+    )
+
+
+class RiskThresholds(StrictModel):
+    """Risk tiers from ``offensiveness * confidence`` (0..3)."""
+
+    throttle: float = Field(0.5, ge=0, le=3, description="score >= this: level low, throttle.")
+    tag: float = Field(1.2, ge=0, le=3, description="score >= this: level medium, tag.")
+    block: float = Field(2.0, ge=0, le=3, description="score >= this: level high, block.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RiskThresholds:
+        if not self.throttle <= self.tag <= self.block:
+            raise ValueError("risk thresholds must satisfy throttle <= tag <= block")
+        return self
+
+
+class StructurerUserConfig(StrictModel):
+    """``user_config`` of the Structurer deployment (live-reloadable)."""
+
+    risk: RiskThresholds = Field(
+        default_factory=RiskThresholds, description="Risk tier thresholds."
+    )
+    explanation_max_chars: int = Field(
+        300, ge=0, le=2000, description="Hard cap on the explanation, whatever the level."
+    )

@@ -1,0 +1,201 @@
+"""Applying a degradation level to a request, and following the controller's level.
+
+The LoadController decides the level (:mod:`serve_app.load.policy`); every other
+replica keeps the latest :class:`LevelState` in a :class:`LevelFollower`, refreshed in
+the background, so the hot path reads a local value and never calls the controller.
+The Preprocessor and the VLM pool each apply the level they see; a request is served
+at the higher of the two (:func:`tighten`), so a level change takes effect at once in
+whichever stage sees it first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from serve_app.config.models import ControllerUserConfig, LevelArgs
+from serve_app.engines.base import EngineRequest
+from serve_app.errors import MemeServeError, ServiceUnavailable, TooManyRequests
+from serve_app.media.imaging import resize_to_budget
+from serve_app.understanding.context_text import truncate_context
+
+logger = logging.getLogger(__name__)
+
+# While draining, new requests are told to come back after this (or go to another node).
+DRAIN_RETRY_AFTER_S = 5
+
+
+@dataclass(frozen=True)
+class LevelState:
+    """The controller's current level and its row of the table, as replicas see it."""
+
+    level: int
+    row: LevelArgs
+    period_s: float
+    changed_at: float | None = None
+    """``time.time()`` when the level was entered (None: since start)."""
+    admit: int | None = None
+    """At a ``route: reject`` level: requests one ingress replica lets in at once (its
+    share of the pool's capacity); the rest are refused. None: capacity unknown."""
+    draining: bool = False
+    """The app is about to stop: no new request enters the engine path."""
+
+    @classmethod
+    def initial(cls, config: ControllerUserConfig | None = None) -> LevelState:
+        """Level 0 of ``config`` (defaults if None): what a replica assumes before it hears."""
+        config = config or ControllerUserConfig()
+        return cls(level=0, row=config.level(0), period_s=config.period_s)
+
+
+def image_budget(row: LevelArgs, engine_cap: int) -> int:
+    """The level's image budget, never above the engine's cap."""
+    return min(row.max_visual_tokens, engine_cap)
+
+
+def shed_error(row: LevelArgs) -> MemeServeError:
+    """The refusal a ``route: reject`` level answers with (429 or 503, with Retry-After)."""
+    message = f"shedding load at degradation level {row.level} ({row.name}); retry later"
+    if row.reject_status == 429:
+        return TooManyRequests(message, retry_after_s=row.retry_after_s)
+    return ServiceUnavailable(message, retry_after_s=row.retry_after_s)
+
+
+def tighten(request: EngineRequest, row: LevelArgs, engine_cap: int) -> EngineRequest:
+    """``request`` served at ``row``'s level if that is higher than the one it was built at.
+
+    Budgets only ever shrink: the image is resized down (never up), the context cut,
+    the output and explanation caps lowered.
+    """
+    if row.level <= request.level:
+        return request
+    budget = min(image_budget(row, engine_cap), request.max_visual_tokens)
+    image = request.image
+    height, width = image.shape[:2]
+    resized = resize_to_budget(Image.fromarray(image), budget)
+    if resized.size != (width, height):
+        image = np.asarray(resized)
+    context = request.context
+    if context:
+        context = truncate_context(context, row.max_context_chars) or None
+    return dataclasses.replace(
+        request,
+        image=image,
+        context=context,
+        max_output_tokens=min(request.max_output_tokens, row.max_output_tokens),
+        max_visual_tokens=budget,
+        explanation_max_chars=min(request.explanation_max_chars, row.explanation_max_chars),
+        level=row.level,
+        route=row.route,
+    )
+
+
+class Admission:
+    """Admission control of one ingress replica at a ``route: reject`` level.
+
+    Refusing everything at the top level would leave the pool idle and hide the
+    demand from the load signals (the level would drop, the queue rebuild, the level
+    rise again). Instead, requests are let in up to the replica's share of the pool's
+    capacity and only the excess is refused; the refusals are reported as demand.
+    """
+
+    def __init__(self) -> None:
+        self.inside = 0
+        self._refused = 0
+
+    def enter(self, state: LevelState) -> None:
+        """Take a place, or raise the level's refusal when it sheds and none is free."""
+        if state.draining:
+            raise ServiceUnavailable(
+                "the service is draining before it stops; retry shortly",
+                retry_after_s=DRAIN_RETRY_AFTER_S,
+            )
+        if state.row.route == "reject" and self.inside >= (state.admit or 1):
+            self._refused += 1
+            raise shed_error(state.row)
+        self.inside += 1
+
+    def leave(self) -> None:
+        """Give the place back."""
+        self.inside -= 1
+
+    def take_refused(self) -> int:
+        """Refusals since the last call (reported to the controller as waiting demand)."""
+        refused, self._refused = self._refused, 0
+        return refused
+
+
+class LevelFollower:
+    """The latest :class:`LevelState`, refreshed by a background task.
+
+    ``fetch`` is an async callable returning the controller's current state (for the
+    VLM pool it also carries the replica's report). A failed fetch keeps the last
+    state: a controller restart must not take the graph down with it.
+    """
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[LevelState]],
+        initial: LevelState | None = None,
+    ) -> None:
+        self._fetch = fetch
+        self._state = initial or LevelState.initial()
+        self._task: asyncio.Task[None] | None = None
+        self._last_ok: float | None = None
+        self.failures = 0
+        """Failed refreshes since this follower started."""
+        self._failing = 0  # failures in a row: the log throttle starts again after a success
+
+    @property
+    def state(self) -> LevelState:
+        """The most recent state (a local read)."""
+        return self._state
+
+    @property
+    def age_s(self) -> float | None:
+        """Seconds since the last successful refresh (None: never)."""
+        return None if self._last_ok is None else time.monotonic() - self._last_ok
+
+    async def refresh(self) -> LevelState:
+        """Fetch once now; on failure keep (and return) the previous state."""
+        try:
+            state = await self._fetch()
+        except Exception as exc:
+            self.failures += 1
+            self._failing += 1
+            if self._failing in (1, 10) or self._failing % 100 == 0:
+                logger.warning("level refresh failed (%d times in a row): %s", self._failing, exc)
+            return self._state
+        if self._failing:
+            logger.info("level refresh works again after %d failures", self._failing)
+            self._failing = 0
+        if state.level != self._state.level:
+            logger.info("degradation level %d -> %d", self._state.level, state.level)
+        self._state = state
+        self._last_ok = time.monotonic()
+        return state
+
+    def start(self) -> None:
+        """Refresh every ``state.period_s`` until :meth:`stop` (idempotent)."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self._state.period_s)
+
+    async def stop(self) -> None:
+        """Cancel the refresh task and wait for it."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None

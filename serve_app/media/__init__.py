@@ -1,0 +1,3 @@
+"""Images: safe decoding and GLM geometry (imaging), perceptual fingerprints and their
+Hamming index, and OCR.
+"""

@@ -1,0 +1,3 @@
+"""Tracing spans, metrics, structured logs and the replica's identity: what every stage
+reports about itself.
+"""

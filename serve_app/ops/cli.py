@@ -1,0 +1,357 @@
+"""The ``memeserve`` command: run the service, check configs, analyse a meme."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+from serve_app.config.check import check_file, http_address
+from serve_app.ops.drain import drain
+
+if TYPE_CHECKING:
+    from serve_app.http.client import StreamEvent
+
+DEFAULT_CONFIG = Path("autoscale_configs/dev-cpu.yaml")
+_READY_TIMEOUT_S = 600.0
+_STOP_TIMEOUT_S = 60.0
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def _probe_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+
+
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """Poll ``url`` until it answers 200, the process exits, or the timeout passes."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                return False
+            try:
+                if client.get(url).status_code == 200:
+                    return True
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+    return False
+
+
+def _default_sigint() -> None:
+    """In the child: Ctrl-C handling as Python's default, even if we inherited SIG_IGN."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> int:
+    """Ask ``serve run`` to shut the app down (SIGINT), escalating if it hangs."""
+    if process.poll() is not None:
+        return process.returncode
+    for sig, wait_s in ((signal.SIGINT, _STOP_TIMEOUT_S), (signal.SIGTERM, 10.0)):
+        process.send_signal(sig)
+        try:
+            return process.wait(wait_s)
+        except subprocess.TimeoutExpired:
+            continue
+    process.kill()
+    return process.wait()
+
+
+def _drain_before_stop(config: Path, base: str, process: subprocess.Popen[bytes]) -> None:
+    """Let the requests inside finish before the app stops; a second Ctrl-C skips it."""
+    if process.poll() is not None:
+        return
+    print("\nmemeserve: draining (Ctrl-C again to skip) ...", flush=True)
+    try:
+        result = drain(config, base)
+    except KeyboardInterrupt:
+        print("memeserve: drain skipped", flush=True)
+        return
+    except Exception as exc:  # not ready yet, or the cluster is already going
+        print(f"memeserve: could not drain: {exc}", flush=True)
+        return
+    if result.idle:
+        print(f"memeserve: drained in {result.waited_s:.1f} s", flush=True)
+    else:
+        print(f"memeserve: {result.in_flight} requests still inside after {result.waited_s:.1f} s")
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    """Set ``draining`` on a running app and wait until no request is inside."""
+    result = drain(args.config, args.url, args.timeout, args.address)
+    if result.idle:
+        print(f"memeserve: idle after {result.waited_s:.1f} s; the app can be deleted now")
+        return 0
+    print(f"memeserve: {result.in_flight} requests still inside after {result.waited_s:.1f} s")
+    return 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Validate the profile, start ``serve run`` on it, print the URL once ready."""
+    config: Path = args.config
+    problems = check_file(config)
+    if problems:
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    host, port = http_address(config)
+    probe = _probe_host(host)
+    if _port_in_use(probe, port):
+        print(
+            f"error: port {port} on {probe} is already in use (is memeserve already running?)",
+            file=sys.stderr,
+        )
+        return 1
+    env = dict(os.environ)
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env.setdefault("OTEL_SERVICE_NAME", "memeserve")  # names the traces' service
+    command = [sys.executable, "-m", "ray.serve.scripts", "run", str(config)]
+    print(f"memeserve: starting {config} ...", flush=True)
+    started = time.monotonic()
+    # Own process group: Ctrl-C reaches us once and we forward exactly one SIGINT,
+    # so `serve run` is not interrupted again while it is shutting the app down.
+    process = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_default_sigint)
+
+    def forward(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # Explicitly, not inherited: a shell starts background jobs with SIGINT ignored.
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        base = f"http://{probe}:{port}"
+        if not wait_until_ready(f"{base}/readyz", process, args.ready_timeout):
+            print("error: the service did not become ready; see the log above", file=sys.stderr)
+            _stop(process)
+            return 1
+        elapsed = time.monotonic() - started
+        print(
+            f"memeserve: ready in {elapsed:.1f} s at {base}  "
+            f"(try: curl -F image=@meme.jpg {base}/v1/memes/analyze; Ctrl-C stops)",
+            flush=True,
+        )
+        return process.wait()
+    except KeyboardInterrupt:
+        _drain_before_stop(config, base, process)
+        print("memeserve: stopping ...", flush=True)
+        code = _stop(process)
+        print("memeserve: stopped", flush=True)
+        return 0 if code in (0, -signal.SIGINT, 130) else code
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate each file; non-zero exit if any has a problem."""
+    failed = 0
+    for path in args.files:
+        problems = check_file(path)
+        if problems:
+            failed += 1
+            for problem in problems:
+                print(f"error: {problem}")
+        else:
+            print(f"ok: {path}")
+    return 1 if failed else 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Analyse one image with a running service (through the Python client); print JSON."""
+    from serve_app.http.client import ApiError, MemeServeClient, RetryPolicy
+
+    image: Path = args.image
+    try:
+        data = image.read_bytes()
+    except OSError as exc:
+        print(f"error: cannot read {image}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    client = MemeServeClient(
+        args.url, timeout_s=args.timeout, retry=RetryPolicy(retries=args.retries)
+    )
+    try:
+        with client:
+            if args.stream:
+                return _print_stream(client.stream(data, args.text))
+            analysis = client.analyze(data, args.text)
+    except ApiError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(analysis.model_dump(mode="json"), ensure_ascii=False, indent=2))
+    return 0
+
+
+def _print_stream(events: Iterator[StreamEvent]) -> int:
+    """Explanation deltas to stderr as they arrive, the final result (or error) as JSON."""
+    for event in events:
+        if event.event == "delta":
+            print(event.data["text"], end="", file=sys.stderr, flush=True)
+        elif event.event in ("result", "error"):
+            print(file=sys.stderr)
+            print(json.dumps(event.data, ensure_ascii=False, indent=2))
+            return 0 if event.event == "result" else 1
+    print("error: the stream ended without a result", file=sys.stderr)
+    return 1
+
+
+def cmd_tiny_glm4v(args: argparse.Namespace) -> int:
+    """Write the tiny random GLM-4.xV checkpoint (offline) for tests and the CPU profile."""
+    from serve_app.ops.tiny_glm4v import build_tiny_glm4v, parameter_count
+
+    out = build_tiny_glm4v(args.out_dir, seed=args.seed)
+    print(f"tiny Glm4vForConditionalGeneration: {parameter_count(out):,} parameters in {out}")
+    return 0
+
+
+def cmd_library(args: argparse.Namespace) -> int:
+    """``library import | stats | export`` on the backend the config file names."""
+    from serve_app.library.backends import LibraryUnavailable
+    from serve_app.library.store import library_from
+    from serve_app.ops.library_tool import (
+        export_records,
+        import_directory,
+        library_stats,
+        load_profile,
+    )
+
+    try:
+        profile = load_profile(args.config)
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    library = library_from(profile.args.cache)
+    try:
+        if args.action == "stats":
+            print(json.dumps(library_stats(library.backend), ensure_ascii=False, indent=2))
+            return 0
+        if args.action == "export":
+            if args.out is None:
+                count = export_records(library.backend, sys.stdout)
+            else:
+                with args.out.open("w", encoding="utf-8") as out:
+                    count = export_records(library.backend, out)
+            print(f"exported {count} entries", file=sys.stderr)
+            return 0
+        if not args.directory.is_dir():
+            print(f"error: {args.directory} is not a directory", file=sys.stderr)
+            return 2
+        library.sync()  # what is stored already decides what an import may replace
+        report = import_directory(args.directory, profile, library, context=args.text)
+    except LibraryUnavailable as exc:
+        print(f"error: library backend unavailable: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        library.backend.close()
+    for name, reason in report.failed.items():
+        print(f"error: {name}: {reason}", file=sys.stderr)
+    print(
+        f"imported {len(report.stored)} ({len(report.analysed)} analysed by the "
+        f"{profile.args.engine.kind} engine), kept {len(report.kept)} better stored "
+        f"analyses, failed {len(report.failed)}"
+    )
+    return 1 if report.failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="memeserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="start the service on a config profile")
+    run.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"Serve config file (default {DEFAULT_CONFIG})",
+    )
+    run.add_argument(
+        "--ready-timeout", type=float, default=_READY_TIMEOUT_S, help="seconds to wait for /readyz"
+    )
+    run.set_defaults(func=cmd_run)
+
+    drain_parser = sub.add_parser(
+        "drain",
+        help="stop new analyses (503 + Retry-After) and wait until none is inside, "
+        "before the app is deleted",
+    )
+    drain_parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    drain_parser.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
+    drain_parser.add_argument(
+        "--address", default=None, help="Ray dashboard address for serve deploy (default: local)"
+    )
+    drain_parser.add_argument(
+        "--timeout", type=float, default=None, help="seconds to wait (default: deadline + 5)"
+    )
+    drain_parser.set_defaults(func=cmd_drain)
+
+    check = sub.add_parser("check-config", help="validate Serve config files")
+    check.add_argument("files", nargs="+", type=Path)
+    check.set_defaults(func=cmd_check_config)
+
+    analyze = sub.add_parser("analyze", help="analyse one image with a running service")
+    analyze.add_argument("image", type=Path)
+    analyze.add_argument("--text", default=None, help="context: caption, comment, danmaku")
+    analyze.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
+    analyze.add_argument("--timeout", type=float, default=120.0)
+    analyze.add_argument(
+        "--retries", type=int, default=3, help="retries on 429/503 (honouring Retry-After)"
+    )
+    analyze.add_argument(
+        "--stream", action="store_true", help="stream the explanation as it is generated"
+    )
+    analyze.set_defaults(func=cmd_analyze)
+
+    library = sub.add_parser(
+        "library", help="the known-meme library: import images, show stats, export"
+    )
+    library_sub = library.add_subparsers(dest="action", required=True)
+    for action, text in (
+        ("import", "fingerprint and store every image of DIR (NAME.json sidecar: its analysis)"),
+        ("stats", "entries by model, level and source"),
+        ("export", "every entry as JSON lines"),
+    ):
+        command = library_sub.add_parser(action, help=text)
+        command.add_argument(
+            "--config",
+            type=Path,
+            default=DEFAULT_CONFIG,
+            help=f"Serve config whose args.cache names the backend (default {DEFAULT_CONFIG})",
+        )
+        if action == "import":
+            command.add_argument("directory", type=Path)
+            command.add_argument(
+                "--text", default=None, help="the context the imported analyses are keyed under"
+            )
+        if action == "export":
+            command.add_argument("--out", type=Path, default=None, help="file (default stdout)")
+        command.set_defaults(func=cmd_library)
+
+    tiny = sub.add_parser(
+        "tiny-glm4v",
+        help="write a tiny randomly initialised GLM-4.xV checkpoint (offline, for tests)",
+    )
+    tiny.add_argument("out_dir", type=Path)
+    tiny.add_argument("--seed", type=int, default=0)
+    tiny.set_defaults(func=cmd_tiny_glm4v)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Applying a level to a request, refusals, and the replicas' local copy of the level."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from serve_app.config.models import ControllerUserConfig, LevelArgs
+from serve_app.engines.base import EngineRequest
+from serve_app.errors import ServiceUnavailable, TooManyRequests
+from serve_app.load.degradation import (
+    Admission,
+    LevelFollower,
+    LevelState,
+    image_budget,
+    shed_error,
+    tighten,
+)
+from serve_app.media.imaging import visual_tokens
+
+TABLE = ControllerUserConfig()
+
+
+def request_at(
+    level: int, *, size: tuple[int, int] = (896, 896), context: str = ""
+) -> EngineRequest:
+    row = TABLE.level(level)
+    return EngineRequest(
+        request_id="r",
+        image=np.full((size[1], size[0], 3), 128, dtype=np.uint8),
+        context=context or None,
+        max_output_tokens=row.max_output_tokens,
+        max_visual_tokens=row.max_visual_tokens,
+        explanation_max_chars=row.explanation_max_chars,
+        level=level,
+        route=row.route,
+    )
+
+
+def test_a_higher_level_shrinks_every_budget() -> None:
+    request = request_at(0, context="弹幕" * 400)
+    row = TABLE.level(2)
+    served = tighten(request, row, engine_cap=1024)
+    height, width = served.image.shape[:2]
+    assert visual_tokens(width, height) <= row.max_visual_tokens < visual_tokens(896, 896)
+    assert served.context is not None and len(served.context) == row.max_context_chars
+    assert served.max_output_tokens == row.max_output_tokens
+    assert served.explanation_max_chars == row.explanation_max_chars
+    assert (served.level, served.route, served.max_visual_tokens) == (2, "engine", 64)
+
+
+def test_a_lower_or_equal_level_changes_nothing() -> None:
+    request = request_at(2, size=(224, 224), context="短")
+    assert tighten(request, TABLE.level(0), engine_cap=1024) is request
+    assert tighten(request, TABLE.level(2), engine_cap=1024) is request
+
+
+def test_the_top_level_carries_its_route() -> None:
+    served = tighten(request_at(1), TABLE.level(3), engine_cap=1024)
+    assert served.route == "lite" and served.level == 3
+
+
+def test_the_engine_cap_bounds_any_level_budget() -> None:
+    row = TABLE.level(0).model_copy(update={"max_visual_tokens": 4096})
+    assert image_budget(row, engine_cap=1024) == 1024
+    assert image_budget(TABLE.level(1), engine_cap=1024) == 256
+
+
+@pytest.mark.parametrize(("status", "kind"), [(503, ServiceUnavailable), (429, TooManyRequests)])
+def test_a_rejecting_level_refuses_with_its_status_and_retry_after(
+    status: int, kind: type[Exception]
+) -> None:
+    row = LevelArgs.model_validate(
+        {
+            **TABLE.level(3).model_dump(),
+            "route": "reject",
+            "reject_status": status,
+            "retry_after_s": 7,
+        }
+    )
+    error = shed_error(row)
+    assert isinstance(error, kind)
+    assert error.status == status and error.retry_after_s == 7
+    assert "level 3" in error.message
+
+
+def test_the_follower_keeps_the_last_state_when_the_controller_fails() -> None:
+    states = [LevelState(level=2, row=TABLE.level(2), period_s=0.01)]
+
+    async def fetch() -> LevelState:
+        if states:
+            return states.pop()
+        raise ConnectionError("controller restarting")
+
+    async def scenario() -> None:
+        follower = LevelFollower(fetch)
+        assert follower.state.level == 0 and follower.age_s is None
+        assert (await follower.refresh()).level == 2
+        assert (await follower.refresh()).level == 2  # the failure keeps level 2
+        assert follower.failures == 1 and follower.state.row.name == "strained"
+
+    asyncio.run(scenario())
+
+
+def test_the_refresh_failure_log_starts_again_after_a_success(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A second outage is logged at once, however many failures an earlier one had."""
+    answers: list[bool] = [False] * 12 + [True] + [False]
+
+    async def fetch() -> LevelState:
+        if answers.pop(0):
+            return LevelState(level=1, row=TABLE.level(1), period_s=0.01)
+        raise ConnectionError("controller restarting")
+
+    async def scenario() -> None:
+        follower = LevelFollower(fetch)
+        for _ in range(14):
+            await follower.refresh()
+        assert follower.failures == 13
+
+    with caplog.at_level("INFO", logger="serve_app.load.degradation"):
+        asyncio.run(scenario())
+    failed = [r.getMessage() for r in caplog.records if "refresh failed" in r.getMessage()]
+    assert failed == [
+        "level refresh failed (1 times in a row): controller restarting",
+        "level refresh failed (10 times in a row): controller restarting",
+        "level refresh failed (1 times in a row): controller restarting",
+    ]
+    assert any("works again after 12 failures" in r.getMessage() for r in caplog.records)
+
+
+def test_the_follower_refreshes_in_the_background_until_stopped() -> None:
+    calls = 0
+
+    async def fetch() -> LevelState:
+        nonlocal calls
+        calls += 1
+        level = min(calls, 3)
+        return LevelState(level=level, row=TABLE.level(level), period_s=0.001)
+
+    async def scenario() -> None:
+        follower = LevelFollower(fetch)
+        follower.start()
+        follower.start()  # idempotent: still one task
+        while follower.state.level < 3:
+            await asyncio.sleep(0.001)
+        await follower.stop()
+        seen = calls
+        await asyncio.sleep(0.01)
+        assert calls == seen  # no refresh after stop
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_admission_lets_in_up_to_capacity_and_counts_the_refusals() -> None:
+    shedding = TABLE.level(3).model_copy(update={"route": "reject", "retry_after_s": 3})
+    state = LevelState(level=3, row=shedding, period_s=0.5, admit=2)
+    admission = Admission()
+    admission.enter(state)
+    admission.enter(state)
+    for _ in range(3):
+        with pytest.raises(ServiceUnavailable) as refused:
+            admission.enter(state)
+        assert refused.value.retry_after_s == 3
+    assert admission.inside == 2 and admission.take_refused() == 3
+    assert admission.take_refused() == 0  # counted once
+    admission.leave()
+    admission.enter(state)  # a freed place is taken again
+    # Below the shedding level nothing is refused, whatever is inside.
+    normal = LevelState(level=2, row=TABLE.level(2), period_s=0.5, admit=2)
+    admission.enter(normal)
+    assert admission.inside == 3 and admission.take_refused() == 0
+
+
+def test_admission_without_a_known_capacity_lets_one_in() -> None:
+    shedding = TABLE.level(3).model_copy(update={"route": "reject"})
+    state = LevelState(level=3, row=shedding, period_s=0.5, admit=None)
+    admission = Admission()
+    admission.enter(state)
+    with pytest.raises(ServiceUnavailable):
+        admission.enter(state)
+
+
+def test_draining_refuses_every_new_request_but_not_as_demand() -> None:
+    draining = LevelState(level=0, row=TABLE.level(0), period_s=0.5, draining=True)
+    admission = Admission()
+    with pytest.raises(ServiceUnavailable, match="draining") as refused:
+        admission.enter(draining)
+    assert refused.value.retry_after_s == 5
+    # A stop is not load: the refusal must not push the degradation level up.
+    assert admission.inside == 0 and admission.take_refused() == 0
