@@ -18,12 +18,9 @@ load end, back at the minimum. Writes the same as JSON with ``--json``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import json
 import os
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -33,17 +30,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from loadtest.bench_latency import start_service
 from loadtest.corpus import CAPTIONS, MemeSpec, meme_bytes
+from loadtest.harness.http import ANALYZE
+from loadtest.harness.service import ROOT, load_profile, start_service, stop_service
+from loadtest.harness.status import POLL_PERIOD_S, pool_state, read_status
 
-ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "autoscale_configs" / "test-autoscale-cpu.yaml"
-POLL_PERIOD_S = 0.5
-# Serve's replica states that mean "on its way in" and "on its way out".
-STARTING_STATES = ("STARTING", "UPDATING", "RECOVERING")
-STOPPING_STATES = ("STOPPING",)
+VLM = "VLMPool"
 
 
 @dataclass
@@ -85,30 +79,22 @@ class DemoResult:
 
 def vlm_autoscaling(config: Path) -> dict[str, Any]:
     """The VLMPool ``autoscaling_config`` of the profile (empty if it has none)."""
-    document = yaml.safe_load(config.read_text("utf-8"))
+    document = load_profile(config)
     for deployment in document["applications"][0].get("deployments") or []:
-        if deployment.get("name") == "VLMPool":
+        if deployment.get("name") == VLM:
             return dict(deployment.get("autoscaling_config") or {})
     return {}
 
 
 def read_pool(client: httpx.Client) -> tuple[int, int, int, int | None] | None:
     """(running, starting, stopping, ingress in-flight) from ``/v1/status``; None if unread."""
-    try:
-        response = client.get("/v1/status")
-        if response.status_code != 200:
-            return None
-        body = response.json()
-    except (httpx.HTTPError, ValueError):
+    body = read_status(client)
+    state = None if body is None else pool_state(body, VLM)
+    if body is None or state is None:
         return None
-    states = ((body.get("replicas") or {}).get("VLMPool") or {}).get("replicas")
-    if not isinstance(states, dict):
-        return None
-    running = int(states.get("RUNNING", 0))
-    starting = sum(int(states.get(name, 0)) for name in STARTING_STATES)
-    stopping = sum(int(states.get(name, 0)) for name in STOPPING_STATES)
     in_flight = body.get("in_flight")
-    return running, starting, stopping, in_flight if isinstance(in_flight, int) else None
+    in_flight = in_flight if isinstance(in_flight, int) else None
+    return state.running, state.starting, state.stopping, in_flight
 
 
 class StepLoad:
@@ -143,7 +129,7 @@ class StepLoad:
             while not self._stop.is_set():
                 data = self._next_meme()
                 try:
-                    response = client.post("/v1/memes/analyze", files={"image": ("m.jpg", data)})
+                    response = client.post(ANALYZE, files={"image": ("m.jpg", data)})
                     ok = response.status_code == 200
                     hit = ok and bool(response.json()["meta"]["cache"]["hit"])
                     error = None if ok else f"HTTP {response.status_code}: {response.text[:200]}"
@@ -245,63 +231,6 @@ def run_scenario(
     return result
 
 
-def _descendants(root: int) -> set[int]:
-    """Process ids below ``root`` (from /proc; empty where /proc is unavailable)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name (field 2) may hold spaces; the parent id follows its ')'.
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def stop_service(process: subprocess.Popen[bytes], timeout_s: float = 90.0) -> list[int]:
-    """Stop a service from :func:`start_service` (SIGINT to its process group).
-
-    Returns the ids of processes it had started (Ray's included) still alive after the
-    stop and a last SIGKILL to exactly those ids; an empty list means nothing is left.
-    """
-    tree = _descendants(process.pid)
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
-        time.sleep(0.2)
-    left = sorted(pid for pid in tree if _alive(pid))
-    for pid in left:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    return left
-
-
 def _row(sample: Sample) -> str:
     in_flight = "-" if sample.in_flight is None else str(sample.in_flight)
     return (
@@ -353,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
         + ", ".join(f"{key}={value}" for key, value in autoscaling.items())
     )
     print("starting the service ...", flush=True)
-    process, url, ready_s = start_service(args.config)
+    service = start_service(args.config, name="autoscale_demo")
+    url, ready_s = service.url, service.ready_s
     left: list[int] = []
     try:
         print(f"  ready in {ready_s:.1f} s at {url}", flush=True)
@@ -386,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_row(result.samples[-1]))
     finally:
         print("stopping the service ...", flush=True)
-        left = stop_service(process)
+        left = stop_service(service).strays_killed
     print_summary(result)
     if left:
         print(f"  warning: processes left after the stop were killed: {left}")

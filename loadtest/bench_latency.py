@@ -23,84 +23,18 @@ import concurrent.futures
 import json
 import os
 import random
-import signal
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
 from loadtest.corpus import MemeSpec, corpus, draw_meme, encode, meme_bytes
+from loadtest.harness.http import analyze
+from loadtest.harness.service import ROOT, Service, start_service, stop_service
+from loadtest.harness.stats import summarise
 from loadtest.transforms import INFORMATIVE_TRANSFORMS, TRANSFORMS, apply
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
-    return ordered[rank - 1]
-
-
-def summarise(values: list[float]) -> dict[str, float]:
-    return {
-        "n": len(values),
-        "p50": round(statistics.median(values), 1),
-        "p95": round(percentile(values, 95), 1),
-        "max": round(max(values), 1),
-    }
-
-
-def post(client: httpx.Client, data: bytes, text: str | None) -> tuple[float, dict[str, Any]]:
-    started = time.perf_counter()
-    response = client.post(
-        "/v1/memes/analyze", files={"image": ("m.jpg", data)}, data={"text": text} if text else None
-    )
-    elapsed = (time.perf_counter() - started) * 1000.0
-    if response.status_code != 200:
-        raise RuntimeError(f"HTTP {response.status_code}: {response.text[:300]}")
-    return elapsed, response.json()
-
-
-def start_service(config: Path) -> tuple[subprocess.Popen[bytes], str, float]:
-    document = yaml.safe_load(config.read_text("utf-8"))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    document.setdefault("http_options", {})["port"] = port
-    document["http_options"]["host"] = "127.0.0.1"
-    # A fresh library per run: a file left by an earlier run would turn misses into hits.
-    cache = document["applications"][0].setdefault("args", {}).setdefault("cache", {})
-    cache["sqlite_path"] = str(Path(tempfile.mkdtemp(prefix="memeserve-bench-")) / "lib.sqlite3")
-    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
-        yaml.safe_dump(document, handle, allow_unicode=True)
-    started = time.monotonic()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "serve_app.ops.cli", "run", "--config", handle.name],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}"
-    with httpx.Client(timeout=2) as client:
-        while time.monotonic() - started < 600:
-            if process.poll() is not None:
-                raise RuntimeError("the service exited before it was ready")
-            try:
-                if client.get(f"{url}/readyz").status_code == 200:
-                    return process, url, time.monotonic() - started
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-    raise RuntimeError("the service did not become ready in 600 s")
 
 
 def run(url: str, requests: int, concurrency: int, seed: int) -> dict[str, Any]:
@@ -109,10 +43,10 @@ def run(url: str, requests: int, concurrency: int, seed: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with httpx.Client(base_url=url, timeout=120) as client:
         # Warm-up: one request outside the measurement (first OCR call loads kernels).
-        post(client, meme_bytes(corpus(1, seed=seed + 999)[0], "PNG"), None)
+        analyze(client, meme_bytes(corpus(1, seed=seed + 999)[0], "PNG"), None)
         fresh, engine_ms, preprocess_ms = [], [], []
         for data, text in payloads:
-            elapsed, body = post(client, data, text)
+            elapsed, body = analyze(client, data, text)
             if body["meta"]["cache"]["hit"]:
                 raise RuntimeError("a fresh meme was a cache hit; the corpus is not distinct")
             fresh.append(elapsed)
@@ -120,14 +54,14 @@ def run(url: str, requests: int, concurrency: int, seed: int) -> dict[str, Any]:
             preprocess_ms.append(body["meta"]["timings_ms"]["preprocess"])
         hits = []
         for data, text in payloads:
-            elapsed, body = post(client, data, text)
+            elapsed, body = analyze(client, data, text)
             if body["meta"]["cache"]["match"] != "exact":
                 raise RuntimeError("a byte-identical repeat was not an exact hit")
             hits.append(elapsed)
         near = []
         for spec in specs:
             copy = encode(apply("jpeg_q60", draw_meme(spec), seed), "JPEG", quality=95)
-            elapsed, body = post(client, copy, spec.top)
+            elapsed, body = analyze(client, copy, spec.top)
             if body["meta"]["cache"]["match"] == "near":
                 near.append(elapsed)
         results["repeat_mix"] = repeat_mix(client, seed)
@@ -144,7 +78,7 @@ def run(url: str, requests: int, concurrency: int, seed: int) -> dict[str, Any]:
 
     def one(item: tuple[bytes, str]) -> float:
         with httpx.Client(base_url=url, timeout=300) as http:
-            return post(http, *item)[0]
+            return analyze(http, *item)[0]
 
     started = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -178,7 +112,7 @@ def repeat_mix(
             spec = rng.choice(sent)
             name = rng.choice(names)
             data = encode(apply(name, draw_meme(spec), seed + index), "PNG")
-            _, body = post(client, data, spec.top)
+            _, body = analyze(client, data, spec.top)
             repeats += 1
             hit = body["meta"]["cache"]["hit"]
             repeats_answered += hit
@@ -187,7 +121,7 @@ def repeat_mix(
         else:
             spec = specs[index]
             sent.append(spec)
-            _, body = post(client, meme_bytes(spec, "JPEG", quality=88), spec.top)
+            _, body = analyze(client, meme_bytes(spec, "JPEG", quality=88), spec.top)
             fresh += 1
             hit = body["meta"]["cache"]["hit"]
             false_hits += hit  # every fresh meme is a new template: a hit would be wrong
@@ -214,17 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "bench_latency.json")
     args = parser.parse_args(argv)
 
-    process = None
+    service: Service | None = None
     ready_s = None
     url = args.url
     try:
         if url is None:
-            process, url, ready_s = start_service(args.config)
+            service = start_service(args.config, name="bench_latency")
+            url, ready_s = service.url, service.ready_s
         results = run(url, args.requests, args.concurrency, args.seed)
     finally:
-        if process is not None:
-            os.killpg(process.pid, signal.SIGINT)
-            process.wait(timeout=120)
+        if service is not None:
+            stop_service(service)
     results["config"] = str(args.config) if args.url is None else None
     results["ready_s"] = round(ready_s, 1) if ready_s is not None else None
     results["cpus"] = os.cpu_count()

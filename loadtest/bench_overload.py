@@ -25,89 +25,40 @@ import contextlib
 import copy
 import json
 import os
-import random
-import re
-import signal
-import socket
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from loadtest.bench_latency import percentile
-from loadtest.corpus import corpus, meme_bytes
+from loadtest.corpus import payloads
+from loadtest.harness.http import ANALYZE, SHED_STATUSES
+from loadtest.harness.load import (
+    CLIENT_TIMEOUT_S,
+    Outcome,
+    closed_loop,
+    open_loop,
+    poisson_schedule,
+)
+from loadtest.harness.processes import ray_processes
+from loadtest.harness.service import (
+    ROOT,
+    Service,
+    free_port,
+    load_profile,
+    start_service,
+    stop_service,
+)
+from loadtest.harness.stats import latency_summary
+from loadtest.harness.status import Sample, wait_level_zero
 
-ROOT = Path(__file__).resolve().parents[1]
-ANALYZE = "/v1/memes/analyze"
-STATUS = "/v1/status"
-CLIENT_TIMEOUT_S = 75.0  # above the service's 60 s request deadline
-POLL_PERIOD_S = 0.5
-CLIENT_SHARDS = 16
-RECOVERY_LIMIT_S = 30.0
-DRAIN_LIMIT_S = CLIENT_TIMEOUT_S + 15.0
 SETTLE_LIMIT_S = 30.0
-STOP_TIMEOUT_S = 120.0
-SHED_STATUSES = (429, 503)
-# Lines of `serve run`'s log that mean the application will never become ready.
-DEPLOY_FAILURE = re.compile(r"Exception importing application|Deploying app '[^']*' failed")
-RAY_MARKERS = ("raylet", "gcs_server", "ray::", "ray/_private", "ray/dashboard", "ray.serve")
-
-
-# ----------------------------------------------------------------------------- records
-
-
-@dataclass
-class Outcome:
-    """One open-loop request, as the client saw it."""
-
-    sent_s: float  # since the start of the arrivals
-    latency_ms: float | None = None  # None: no HTTP answer
-    status: int | None = None
-    failure: str | None = None  # "timeout" or "connection" when there was no answer
-    retry_after: bool = False
-    level: int | None = None  # meta.degradation_level of a 200
-    cache_hit: bool = False
-    error_code: str | None = None
-    send_lag_ms: float = 0.0  # how late the client sent it against the schedule
-
-
-@dataclass
-class Sample:
-    """One ``GET /v1/status`` poll."""
-
-    t_s: float
-    ok: bool
-    poll_ms: float
-    level: int | None = None
-    load: float | None = None
-    dominant: str | None = None
-    in_flight: int | None = None
-    replicas: dict[str, int] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------- pure helpers
-
-
-def poisson_schedule(rate: float, duration_s: float, seed: int) -> list[float]:
-    """Send offsets (s) of a Poisson process at ``rate``/s over ``duration_s``, seeded."""
-    if rate <= 0 or duration_s <= 0:
-        return []
-    rng = random.Random(seed)
-    offsets: list[float] = []
-    t = rng.expovariate(rate)
-    while t < duration_s:
-        offsets.append(t)
-        t += rng.expovariate(rate)
-    return offsets
 
 
 def outcome_key(outcome: Outcome) -> str:
@@ -115,19 +66,6 @@ def outcome_key(outcome: Outcome) -> str:
     if outcome.status is not None:
         return str(outcome.status)
     return f"client_{outcome.failure or 'error'}"
-
-
-def latency_summary(values: Sequence[float]) -> dict[str, float | int | None]:
-    """n, p50, p95, p99 and max (ms, one decimal) of ``values``; None figures if empty."""
-    if not values:
-        return {"n": 0, "p50": None, "p95": None, "p99": None, "max": None}
-    return {
-        "n": len(values),
-        "p50": round(statistics.median(values), 1),
-        "p95": round(percentile(list(values), 95), 1),
-        "p99": round(percentile(list(values), 99), 1),
-        "max": round(max(values), 1),
-    }
 
 
 def level_shares(outcomes: Iterable[Outcome]) -> dict[str, float]:
@@ -223,32 +161,6 @@ def peak(samples: Sequence[Sample], attribute: str) -> float | None:
     return max(values) if values else None
 
 
-def replica_counts(replicas: Any) -> dict[str, int]:
-    """RUNNING replicas per deployment from ``/v1/status``'s ``replicas`` (empty if absent)."""
-    if not isinstance(replicas, dict):
-        return {}
-    counts: dict[str, int] = {}
-    for name, entry in replicas.items():
-        if isinstance(entry, dict) and isinstance(entry.get("replicas"), dict):
-            counts[name] = int(entry["replicas"].get("RUNNING", 0))
-    return counts
-
-
-def sample_from_status(t_s: float, poll_ms: float, body: dict[str, Any]) -> Sample:
-    """A timeline sample from a ``/v1/status`` body."""
-    degradation = body.get("degradation") or {}
-    return Sample(
-        t_s=round(t_s, 2),
-        ok=True,
-        poll_ms=round(poll_ms, 1),
-        level=degradation.get("level"),
-        load=degradation.get("load"),
-        dominant=degradation.get("dominant"),
-        in_flight=body.get("in_flight"),
-        replicas=replica_counts(body.get("replicas")),
-    )
-
-
 def phase_document(document: dict[str, Any], enabled: bool, port: int) -> dict[str, Any]:
     """A copy of a Serve profile for one phase: port, memory cache, controller on/off."""
     doc = copy.deepcopy(document)
@@ -263,341 +175,6 @@ def phase_document(document: dict[str, Any], enabled: bool, port: int) -> dict[s
     if not found:
         raise ValueError("the profile has no LoadController deployment to switch")
     return doc
-
-
-# ----------------------------------------------------------------------------- processes
-
-
-def _proc_stat(pid: int) -> tuple[int, int] | None:
-    """(parent pid, start time in ticks) of ``pid`` from /proc, None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2 :].split()
-    return int(fields[1]), int(fields[19])
-
-
-def _all_pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def descendants(root: int) -> dict[int, int]:
-    """pid -> start time of every live descendant of ``root`` (root included)."""
-    children: dict[int, list[int]] = {}
-    starts: dict[int, int] = {}
-    for pid in _all_pids():
-        stat = _proc_stat(pid)
-        if stat is not None:
-            children.setdefault(stat[0], []).append(pid)
-            starts[pid] = stat[1]
-    found: dict[int, int] = {}
-    todo = [root]
-    while todo:
-        pid = todo.pop()
-        if pid in starts and pid not in found:
-            found[pid] = starts[pid]
-            todo.extend(children.get(pid, []))
-    return found
-
-
-def alive(processes: dict[int, int]) -> list[int]:
-    """The pids of ``processes`` still running as the same process (same start time)."""
-    live = []
-    for pid, start in processes.items():
-        stat = _proc_stat(pid)
-        if stat is not None and stat[1] == start and not _is_zombie(pid):
-            live.append(pid)
-    return live
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return text[text.rfind(")") + 2 :].startswith("Z")
-
-
-def ray_processes() -> list[int]:
-    """Pids of processes that look like Ray's (raylet, GCS, workers, dashboard, serve)."""
-    found = []
-    for pid in _all_pids():
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if pid != os.getpid() and any(marker in cmdline for marker in RAY_MARKERS):
-            found.append(pid)
-    return found
-
-
-@dataclass
-class Service:
-    """A ``memeserve run`` process in its own session, and where it listens."""
-
-    process: subprocess.Popen[bytes]
-    url: str
-    ready_s: float
-    log_path: Path
-    config_path: Path
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def launch(document: dict[str, Any], name: str, nice: int = 0, timeout_s: float = 600.0) -> Service:
-    """Write ``document`` to a temp profile and start ``memeserve run`` on it until ready.
-
-    ``nice`` lowers the priority of the whole service (Ray inherits it), so that on a
-    small machine the load generator still sends on time.
-    """
-    port = int(document["http_options"]["port"])
-    with tempfile.NamedTemporaryFile(
-        "w", prefix=f"bench_overload_{name}_", suffix=".yaml", delete=False
-    ) as handle:
-        yaml.safe_dump(document, handle, allow_unicode=True, sort_keys=False)
-    config_path = Path(handle.name)
-    log_path = config_path.with_suffix(".log")
-    started = time.monotonic()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "serve_app.ops.cli", "run", "--config", str(config_path)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=(lambda: os.nice(nice)) if nice else None,
-        )
-    service = Service(process, f"http://127.0.0.1:{port}", 0.0, log_path, config_path)
-    problem = _wait_ready(service, timeout_s)
-    if problem is None:
-        service.ready_s = round(time.monotonic() - started, 1)
-        return service
-    stop_service(service)
-    tail = log_path.read_text("utf-8", "replace")[-3000:]
-    raise RuntimeError(f"{problem} (log {log_path}); log tail:\n{tail}")
-
-
-def _wait_ready(service: Service, timeout_s: float) -> str | None:
-    """Poll ``/readyz``; None once it answers 200, else why the service will not be ready."""
-    started = time.monotonic()
-    with httpx.Client(timeout=2) as client:
-        while time.monotonic() - started < timeout_s:
-            if service.process.poll() is not None:
-                return "the service exited before it was ready"
-            with contextlib.suppress(httpx.HTTPError):
-                if client.get(f"{service.url}/readyz").status_code == 200:
-                    return None
-            log = service.log_path.read_text("utf-8", "replace")
-            failed = DEPLOY_FAILURE.search(log)
-            if failed is not None:
-                return f"the application failed to deploy ({failed.group(0)!r} in its log)"
-            time.sleep(0.5)
-    return f"the service did not become ready in {timeout_s:.0f} s"
-
-
-def _signal_pids(pids: Iterable[int], sig: int) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _wait_gone(processes: dict[int, int], timeout_s: float) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while (live := alive(processes)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    return live
-
-
-def stop_service(service: Service) -> dict[str, Any]:
-    """SIGINT the service's process group, then make sure none of its processes is left."""
-    tree = descendants(service.process.pid)
-    report: dict[str, Any] = {"killed_group": False, "strays_killed": [], "ray_stop_force": False}
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(service.process.pid, signal.SIGINT)
-    try:
-        service.process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(service.process.pid, signal.SIGKILL)
-        service.process.wait(timeout=10)
-        report["killed_group"] = True
-    strays = _wait_gone(tree, 5.0)
-    if strays:
-        report["strays_killed"] = strays
-        _signal_pids(strays, signal.SIGTERM)
-        strays = _wait_gone(tree, 5.0)
-        _signal_pids(strays, signal.SIGKILL)
-        strays = _wait_gone(tree, 5.0)
-    if strays:
-        # Last resort: this stops every Ray instance of this user on the machine.
-        report["ray_stop_force"] = True
-        subprocess.run(
-            [str(Path(sys.executable).with_name("ray")), "stop", "--force"],
-            check=False,
-            capture_output=True,
-        )
-    return report
-
-
-# ----------------------------------------------------------------------------- load
-
-
-def payloads(count: int, seed: int) -> list[bytes]:
-    """``count`` distinct JPEG (q88) memes from a seeded corpus."""
-    return [meme_bytes(spec, "JPEG", quality=88) for spec in corpus(count, seed=seed)]
-
-
-def _client(url: str, timeout_s: float = CLIENT_TIMEOUT_S) -> httpx.AsyncClient:
-    limits = httpx.Limits(max_connections=4096, max_keepalive_connections=512)
-    return httpx.AsyncClient(base_url=url, timeout=httpx.Timeout(timeout_s), limits=limits)
-
-
-async def _post(client: httpx.AsyncClient, data: bytes) -> httpx.Response:
-    return await client.post(ANALYZE, files={"image": ("meme.jpg", data, "image/jpeg")})
-
-
-async def closed_loop(url: str, images: list[bytes], concurrency: int, seconds: float) -> float:
-    """Keep ``concurrency`` requests going for ``seconds``; 200s per second of wall time."""
-    queue = iter(images)
-    successes = 0
-    deadline = time.monotonic() + seconds
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        nonlocal successes
-        while time.monotonic() < deadline:
-            data = next(queue, None)
-            if data is None:
-                return
-            with contextlib.suppress(httpx.HTTPError):
-                if (await _post(client, data)).status_code == 200:
-                    successes += 1
-
-    started = time.monotonic()
-    async with _client(url) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
-    return successes / (time.monotonic() - started)
-
-
-def _record_response(outcome: Outcome, response: httpx.Response) -> None:
-    outcome.status = response.status_code
-    outcome.retry_after = "retry-after" in response.headers
-    try:
-        body = response.json()
-    except ValueError:
-        return
-    if not isinstance(body, dict):
-        return
-    if response.status_code == 200:
-        meta = body.get("meta") or {}
-        outcome.level = meta.get("degradation_level")
-        outcome.cache_hit = bool((meta.get("cache") or {}).get("hit"))
-    elif isinstance(body.get("error"), dict):
-        outcome.error_code = body["error"].get("code")
-
-
-async def send_one(client: httpx.AsyncClient, data: bytes, outcome: Outcome) -> None:
-    """Send one analyze request and fill ``outcome`` in."""
-    started = time.perf_counter()
-    try:
-        # httpx's timeout is per operation (connect, write, each read): bound the total.
-        response = await asyncio.wait_for(_post(client, data), CLIENT_TIMEOUT_S)
-    except (httpx.TimeoutException, TimeoutError):
-        outcome.failure = "timeout"
-    except httpx.HTTPError:
-        outcome.failure = "connection"
-    else:
-        _record_response(outcome, response)
-        outcome.latency_ms = (time.perf_counter() - started) * 1000.0
-
-
-async def poll_status(url: str, t0: float, samples: list[Sample], stop: asyncio.Event) -> None:
-    """Append a ``/v1/status`` sample every ``POLL_PERIOD_S`` until ``stop`` is set."""
-    async with _client(url, timeout_s=5.0) as client:
-        next_tick = time.perf_counter()
-        while not stop.is_set():
-            started = time.perf_counter()
-            try:
-                response = await client.get(STATUS)
-                poll_ms = (time.perf_counter() - started) * 1000.0
-                if response.status_code == 200:
-                    samples.append(sample_from_status(started - t0, poll_ms, response.json()))
-                else:
-                    samples.append(Sample(round(started - t0, 2), False, round(poll_ms, 1)))
-            except (httpx.HTTPError, ValueError):
-                poll_ms = (time.perf_counter() - started) * 1000.0
-                samples.append(Sample(round(started - t0, 2), False, round(poll_ms, 1)))
-            next_tick += POLL_PERIOD_S
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), max(0.0, next_tick - time.perf_counter()))
-
-
-async def wait_level_zero(url: str, limit_s: float) -> float | None:
-    """Poll until ``degradation.level`` is 0; the seconds it took, None after ``limit_s``."""
-    started = time.monotonic()
-    async with _client(url, timeout_s=5.0) as client:
-        while time.monotonic() - started < limit_s:
-            with contextlib.suppress(httpx.HTTPError, ValueError):
-                body = (await client.get(STATUS)).json()
-                if (body.get("degradation") or {}).get("level") == 0:
-                    return round(time.monotonic() - started, 1)
-            await asyncio.sleep(POLL_PERIOD_S)
-    return None
-
-
-async def open_loop(
-    url: str, images: list[bytes], schedule: list[float], duration_s: float
-) -> dict[str, Any]:
-    """Poisson arrivals on ``schedule``, status polling, drain and return to level 0."""
-    outcomes = [Outcome(sent_s=offset) for offset in schedule]
-    samples: list[Sample] = []
-    stop = asyncio.Event()
-    t0 = time.perf_counter()
-    poller = asyncio.create_task(poll_status(url, t0, samples, stop))
-    tasks: list[asyncio.Task[None]] = []
-    async with contextlib.AsyncExitStack() as stack:
-        # Several small pools: httpx scans its whole pool per request, and the "off"
-        # phase holds hundreds of connections open at once.
-        clients = [await stack.enter_async_context(_client(url)) for _ in range(CLIENT_SHARDS)]
-        arrivals = enumerate(zip(schedule, images, outcomes, strict=True))
-        for number, (offset, data, outcome) in arrivals:
-            delay = t0 + offset - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            outcome.send_lag_ms = round(max(0.0, -delay) * 1000.0, 1)
-            client = clients[number % CLIENT_SHARDS]
-            tasks.append(asyncio.create_task(send_one(client, data, outcome)))
-        await asyncio.sleep(max(0.0, t0 + duration_s - time.perf_counter()))
-        arrivals_end = time.perf_counter() - t0
-        pending: set[asyncio.Task[None]] = set()
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=DRAIN_LIMIT_S)
-        for task in pending:
-            task.cancel()
-        drained_s = time.perf_counter() - t0 - arrivals_end
-    recovery_deadline = time.perf_counter() + RECOVERY_LIMIT_S
-    while time.perf_counter() < recovery_deadline:
-        answered = [s for s in samples if s.ok and s.level is not None]
-        if answered and answered[-1].level == 0 and answered[-1].t_s >= arrivals_end:
-            break
-        await asyncio.sleep(POLL_PERIOD_S)
-    stop.set()
-    await poller
-    for outcome in outcomes:
-        if outcome.status is None and outcome.failure is None:
-            outcome.failure = "abandoned"
-    return {
-        "outcomes": outcomes,
-        "samples": samples,
-        "arrivals_end_s": round(arrivals_end, 2),
-        "drain_s": round(drained_s, 1),
-        "abandoned": len(pending),
-    }
 
 
 # ----------------------------------------------------------------------------- phases
@@ -627,14 +204,26 @@ def warm_up(url: str, plan: Plan, seed: int, seconds: float) -> float:
     return asyncio.run(closed_loop(url, images, plan.concurrency, seconds))
 
 
+def _start(document: dict[str, Any], port: int, name: str, plan: Plan) -> Service:
+    """A service on a phase's document (its port, no fresh library: the cache is memory)."""
+    return start_service(
+        document,
+        name=f"bench_overload_{name}",
+        port=port,
+        fresh_library=False,
+        nice=plan.service_nice,
+    )
+
+
 def run_phase(plan: Plan, name: str, index: int, rate: float | None) -> dict[str, Any]:
     """Start a service for phase ``name`` ("off"/"on"), measure it, stop it."""
-    document = phase_document(plan.document, enabled=(name == "on"), port=free_port())
+    port = free_port()
+    document = phase_document(plan.document, enabled=(name == "on"), port=port)
     result: dict[str, Any] = {"phase": name, "controller_enabled": name == "on"}
     result["other_ray_processes_at_start"] = len(ray_processes())
     result["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
-    service = launch(document, name, nice=plan.service_nice)
-    result["ready_s"] = service.ready_s
+    service = _start(document, port, name, plan)
+    result["ready_s"] = round(service.ready_s, 1)
     result["service_log"] = str(service.log_path)
     try:
         base_seed = plan.seed * 1000 + index * 100
@@ -676,7 +265,7 @@ def run_phase(plan: Plan, name: str, index: int, rate: float | None) -> dict[str
             outcomes=[asdict(o) for o in run["outcomes"]],
         )
     finally:
-        result["stop"] = stop_service(service)
+        result["stop"] = stop_service(service, force_ray_stop=True).to_json()
     return result
 
 
@@ -690,8 +279,9 @@ def _peak_replicas(samples: Sequence[Sample]) -> dict[str, int]:
 
 def calibrate_only(plan: Plan) -> dict[str, Any]:
     """Phase 0 on its own controller-OFF service (when the first phase is not "off")."""
-    document = phase_document(plan.document, enabled=False, port=free_port())
-    service = launch(document, "calibration", nice=plan.service_nice)
+    port = free_port()
+    document = phase_document(plan.document, enabled=False, port=port)
+    service = _start(document, port, "calibration", plan)
     try:
         warm_up(service.url, plan, plan.seed * 1000 + 901, plan.warmup_s)
         images = payloads(int(plan.calibrate_s * 40) + 50, plan.seed * 1000 + 902)
@@ -699,7 +289,7 @@ def calibrate_only(plan: Plan) -> dict[str, Any]:
             closed_loop(service.url, images, plan.concurrency, plan.calibrate_s)
         )
     finally:
-        stop = stop_service(service)
+        stop = stop_service(service, force_ray_stop=True).to_json()
     return {"calibration_ok_per_s": round(sustained, 2), "stop": stop}
 
 
@@ -857,9 +447,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the phases, print the comparison, write the JSON."""
     args = parse_args(argv)
-    config = args.config if args.config.is_absolute() else ROOT / args.config
     plan = Plan(
-        document=yaml.safe_load(config.read_text("utf-8")),
+        document=load_profile(args.config),
         phases=args.phase_list,
         rate=args.rate,
         factor=args.factor,
@@ -894,7 +483,6 @@ def main(argv: list[str] | None = None) -> int:
             rate = phase["rate"]
         results["phases"].append(phase)
     results["rate"] = rate
-    time.sleep(2)
     results["ray_processes_after"] = len(ray_processes())
     print(render(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -148,3 +148,8 @@ def corpus(count: int, seed: int = 0) -> list[MemeSpec]:
             )
         )
     return specs
+
+
+def payloads(count: int, seed: int) -> list[bytes]:
+    """``count`` distinct JPEG (q88) memes from a seeded corpus."""
+    return [meme_bytes(spec, "JPEG", quality=88) for spec in corpus(count, seed=seed)]

@@ -14,7 +14,7 @@ Every request must end as an answer (200 with a valid analysis) or an explicit e
 deadline plus a margin: ``sent == answered + errors``, no transport errors, no hangs.
 
 Without ``--url`` the drill starts the graph itself (``memeserve run`` on a copy of
-``--config`` via :func:`loadtest.bench_overload.launch`: free port, cache off, the
+``--config`` via :func:`loadtest.harness.service.start_service`: free port, cache off, the
 load controller off, VLMPool at 2 fixed replicas, an engine delay) and kills the
 replica's worker process with SIGKILL, as a crash would. With ``--url`` it connects to
 that service's Ray cluster (``--ray-address``) and ``ray.kill``s a replica actor.
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import copy
 import json
 import os
@@ -39,26 +38,18 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 from pydantic import ValidationError
 
-from loadtest.bench_overload import (
-    ANALYZE,
-    STATUS,
-    descendants,
-    free_port,
-    latency_summary,
-    launch,
-    payloads,
-    replica_counts,
-    stop_service,
-)
+from loadtest.corpus import payloads
+from loadtest.harness.http import post_meme
+from loadtest.harness.processes import cmdline, descendants
+from loadtest.harness.service import ROOT, load_profile, start_service, stop_service
+from loadtest.harness.stats import latency_summary
+from loadtest.harness.status import POLL_PERIOD_S, running_replicas, wait_replicas
 from serve_app.understanding.analysis import Analysis
 
-ROOT = Path(__file__).resolve().parents[1]
 APP = "memeserve"
 VLM = "VLMPool"
-POLL_PERIOD_S = 0.5
 
 Killer = Callable[[], str]
 """Kills one VLMPool replica; returns a description of the victim."""
@@ -265,12 +256,7 @@ async def _send(client: httpx.AsyncClient, data: bytes, record: Record, limit_s:
     try:
         # httpx's timeout is per operation: bound the whole request.
         response = await asyncio.wait_for(
-            client.post(
-                ANALYZE,
-                files={"image": ("meme.jpg", data, "image/jpeg")},
-                headers={"x-request-id": record.request_id},
-            ),
-            limit_s,
+            post_meme(client, data, headers={"x-request-id": record.request_id}), limit_s
         )
     except (httpx.TimeoutException, TimeoutError):
         record.outcome, record.detail = "transport", f"no answer within {limit_s:g} s (hang)"
@@ -283,29 +269,6 @@ async def _send(client: httpx.AsyncClient, data: bytes, record: Record, limit_s:
             response.status_code, response.headers, response.content, record.request_id
         )
     record.latency_s = time.perf_counter() - started
-
-
-async def _vlm_running(client: httpx.AsyncClient) -> int | None:
-    with contextlib.suppress(httpx.HTTPError, ValueError, AttributeError):
-        response = await client.get(STATUS)
-        if response.status_code == 200:
-            counts = replica_counts(response.json().get("replicas"))
-            if VLM in counts:
-                return counts[VLM]
-    return None
-
-
-async def wait_replicas(url: str, replicas: int, limit_s: float) -> int | None:
-    """Poll ``/v1/status`` until VLMPool has ``replicas`` RUNNING; the last count seen."""
-    deadline = time.monotonic() + limit_s
-    running = None
-    async with httpx.AsyncClient(base_url=url, timeout=10) as client:
-        while time.monotonic() < deadline:
-            running = await _vlm_running(client)
-            if running == replicas:
-                return running
-            await asyncio.sleep(POLL_PERIOD_S)
-    return running
 
 
 async def _drill(url: str, kill: Killer, plan: DrillPlan, images: list[bytes]) -> DrillRun:
@@ -335,7 +298,7 @@ async def _drill(url: str, kill: Killer, plan: DrillPlan, images: list[bytes]) -
         limit = t0 + plan.kill_at_s + plan.recovery_limit_s
         while time.perf_counter() < limit:
             started = time.perf_counter()
-            running = await _vlm_running(client)
+            running = await running_replicas(client, VLM)
             run.samples.append(StatusSample(round(started - t0, 2), running))
             _, back, _ = recovery(run.samples, run.kill_s, plan.replicas)
             if back is not None and time.perf_counter() >= load_end:
@@ -367,7 +330,7 @@ def run_drill(url: str, kill: Killer, plan: DrillPlan | None = None) -> dict[str
     """
     plan = plan or DrillPlan()
     images = payloads(plan.images, plan.seed)
-    before = asyncio.run(wait_replicas(url, plan.replicas, plan.recovery_limit_s))
+    before = asyncio.run(wait_replicas(url, VLM, plan.replicas, plan.recovery_limit_s))
     run = asyncio.run(_drill(url, kill, plan, images))
     return summarise(run, plan, before)
 
@@ -403,19 +366,12 @@ def ray_replica_killer(app: str = APP, deployment: str = VLM) -> Killer:
     return kill
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
-
-
 def process_replica_killer(root_pid: int, app: str = APP, deployment: str = VLM) -> Killer:
     """A killer that SIGKILLs one replica's worker process among ``root_pid``'s descendants."""
     title = f"ray::ServeReplica:{app}:{deployment}"
 
     def kill() -> str:
-        found = sorted(pid for pid in descendants(root_pid) if _cmdline(pid).startswith(title))
+        found = sorted(pid for pid in descendants(root_pid) if cmdline(pid).startswith(title))
         if not found:
             raise RuntimeError(f"no process titled {title!r} under pid {root_pid}")
         os.kill(found[0], signal.SIGKILL)
@@ -464,21 +420,19 @@ def drill_document(
 
 
 def _own_service(args: argparse.Namespace, plan: DrillPlan) -> dict[str, Any]:
-    config = args.config if args.config.is_absolute() else ROOT / args.config
     document = drill_document(
-        yaml.safe_load(config.read_text("utf-8")),
+        load_profile(args.config),
         delay_ms=args.delay_ms,
         request_timeout_s=plan.request_timeout_s,
         replicas=plan.replicas,
         seed=plan.seed,
     )
-    document.setdefault("http_options", {}).update({"host": "127.0.0.1", "port": free_port()})
-    service = launch(document, "fault_drill")
+    service = start_service(document, name="fault_drill", fresh_library=False)
     try:
-        summary = run_drill(service.url, process_replica_killer(service.process.pid), plan)
+        summary = run_drill(service.url, process_replica_killer(service.pid), plan)
     finally:
-        summary_stop = stop_service(service)
-    summary["service_ready_s"] = service.ready_s
+        summary_stop = stop_service(service, force_ray_stop=True).to_json()
+    summary["service_ready_s"] = round(service.ready_s, 1)
     summary["service_log"] = str(service.log_path)
     summary["service_stop"] = summary_stop
     return summary

@@ -46,14 +46,11 @@ from locust import HttpUser, LoadTestShape, between, task
 from pydantic import ValidationError
 
 from loadtest.corpus import CAPTIONS, corpus, draw_meme, encode, meme_bytes
+from loadtest.harness.http import ANALYZE, BATCH, SHED_STATUSES, STREAM
 from loadtest.transforms import INFORMATIVE_TRANSFORMS, TRANSFORMS, apply
 from serve_app.http.wire import BatchResponse
 from serve_app.understanding.analysis import Analysis
 
-ANALYZE = "/v1/memes/analyze"
-BATCH = "/v1/memes/analyze/batch"
-STREAM = "/v1/memes/analyze/stream"
-SHED_STATUSES = (429, 503)
 SHAPES = ("step", "spike", "soak")
 
 SHAPE = os.environ.get("MEMESERVE_SHAPE", "none").strip().lower() or "none"

@@ -5,7 +5,7 @@
         [--out artifacts/loadtest]
 
 Without ``--url`` the profile is started with ``memeserve run`` on a free port and a
-fresh library file, and stopped (SIGINT to its process group) afterwards. Locust runs
+fresh library file, and stopped afterwards, by :mod:`loadtest.harness.service`. Locust runs
 headless as a subprocess on ``loadtest/locustfile.py``; the shape is chosen through
 ``MEMESERVE_SHAPE`` and sized from ``--users``/``--run-time`` through
 ``MEMESERVE_SHAPE_PARAMS`` (see the locustfile's docstring). Meanwhile ``/v1/status`` is
@@ -21,7 +21,6 @@ polled every second into ``status_timeline.jsonl``. Written to ``--out``:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -29,17 +28,21 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from loadtest.bench_latency import start_service
+from loadtest.harness.service import (
+    ROOT,
+    Service,
+    ServiceStartError,
+    start_service,
+    stop_service,
+)
+from loadtest.harness.status import StatusPoller
 from loadtest.report import format_summary, render_chart, status_sample, summarise
 
-ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
 POLL_PERIOD_S = 1.0
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([hms]?)")
@@ -87,45 +90,15 @@ def shape_params(shape: str, users: int, spawn_rate: float, run_time_s: float) -
     return {}
 
 
-class StatusPoller(threading.Thread):
-    """Polls ``GET /v1/status`` every ``period_s`` and appends samples to a JSON-lines file."""
+def timeline_writer(path: Path) -> Callable[[float, dict[str, Any] | None, str | None], None]:
+    """Records each ``/v1/status`` poll as one :func:`status_sample` line of ``path``."""
 
-    def __init__(self, url: str, path: Path, period_s: float = POLL_PERIOD_S) -> None:
-        super().__init__(name="status-poller", daemon=True)
-        self.url = url
-        self.path = path
-        self.period_s = period_s
-        self.stop_event = threading.Event()
-        self.samples = 0
-
-    def poll_once(self, client: httpx.Client) -> dict[str, Any]:
-        """One sample, written to the file."""
-        ts = time.time()
-        try:
-            response = client.get(f"{self.url}/v1/status")
-            response.raise_for_status()
-            sample = status_sample(ts, response.json())
-        except (httpx.HTTPError, ValueError) as exc:
-            sample = status_sample(ts, None, error=f"{type(exc).__name__}: {exc}"[:200])
-        with self.path.open("a", encoding="utf-8") as handle:
+    def record(ts: float, body: dict[str, Any] | None, error: str | None) -> None:
+        sample = status_sample(ts, body, error=error)
+        with path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(sample, ensure_ascii=False) + "\n")
-        self.samples += 1
-        return sample
 
-    def run(self) -> None:
-        """Poll on a fixed cadence until :meth:`stop`, then take one last sample."""
-        with httpx.Client(timeout=5.0) as client:
-            next_at = time.monotonic()
-            while not self.stop_event.is_set():
-                self.poll_once(client)
-                next_at += self.period_s
-                self.stop_event.wait(max(0.0, next_at - time.monotonic()))
-            self.poll_once(client)
-
-    def stop(self) -> None:
-        """Stop after one final sample."""
-        self.stop_event.set()
-        self.join(timeout=30)
+    return record
 
 
 def locust_command(
@@ -155,18 +128,6 @@ def locust_command(
     if shape == "none":
         command += ["--users", str(users), "--spawn-rate", str(spawn_rate), "--run-time", run_time]
     return command
-
-
-def stop_service(process: subprocess.Popen[bytes]) -> int:
-    """SIGINT to the service's process group (``memeserve run`` shuts Serve down), wait."""
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)
-    try:
-        return process.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        return process.wait(timeout=30)
 
 
 def run_locust(command: list[str], env: dict[str, str], timeout_s: float, out: Path) -> int:
@@ -225,21 +186,24 @@ def main(argv: list[str] | None = None) -> int:
         PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
     )
 
-    process = None
+    service: Service | None = None
     url = args.url
     ready_s = None
     try:
         if url is None:
             print(f"loadtest: starting {args.config} ...", flush=True)
             try:
-                process, url, ready_s = start_service(args.config)
-            except RuntimeError as exc:
+                service = start_service(args.config, name="loadtest")
+            except ServiceStartError as exc:
                 # A start can fail when other Ray clusters on the host compete for it; once.
                 print(f"loadtest: the service did not start ({exc}); trying once more", flush=True)
-                process, url, ready_s = start_service(args.config)
+                service = start_service(args.config, name="loadtest")
+            url, ready_s = service.url, service.ready_s
             print(f"loadtest: service ready in {ready_s:.1f} s at {url}", flush=True)
         url = url.rstrip("/")
-        poller = StatusPoller(url, out / "status_timeline.jsonl")
+        poller = StatusPoller(
+            url, timeline_writer(out / "status_timeline.jsonl"), period_s=POLL_PERIOD_S
+        )
         command = locust_command(url, out, args.shape, args.users, args.spawn_rate, args.run_time)
         print(
             f"loadtest: locust, shape {args.shape} {json.dumps(params)} for {run_time_s:.0f} s",
@@ -255,9 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             poller.stop()
     finally:
-        if process is not None:
+        if service is not None:
             print("loadtest: stopping the service ...", flush=True)
-            stop_service(process)
+            stop_service(service)
 
     summary = summarise(
         out,

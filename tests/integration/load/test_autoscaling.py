@@ -9,13 +9,12 @@ memes, then no load. Only "within N seconds or fail" deadlines, never timing fig
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from loadtest.autoscale_demo import run_scenario, stop_service, vlm_autoscaling
-from loadtest.bench_latency import start_service
+from loadtest.autoscale_demo import run_scenario, vlm_autoscaling
+from loadtest.harness.service import Service, start_service, stop_service
 from tests.support.paths import ROOT
 
 CONFIG = ROOT / "autoscale_configs" / "test-autoscale-cpu.yaml"
@@ -28,13 +27,13 @@ SCALE_DOWN_DEADLINE_S = 90.0
 
 
 @pytest.fixture(scope="module")
-def service() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+def service() -> Iterator[Service]:
     """The test profile running in its own process group; stopped (all of it) after."""
-    process, url, _ = start_service(CONFIG)
+    running = start_service(CONFIG, name="test_autoscaling")
     try:
-        yield process, url
+        yield running
     finally:
-        stop_service(process)
+        stop_service(running)
 
 
 def test_the_profile_is_the_one_the_scenario_needs() -> None:
@@ -45,10 +44,8 @@ def test_the_profile_is_the_one_the_scenario_needs() -> None:
     assert autoscaling["max_replicas"] * autoscaling["target_ongoing_requests"] <= USERS
 
 
-def test_step_load_scales_the_vlm_pool_up_and_back_down(
-    service: tuple[subprocess.Popen[bytes], str],
-) -> None:
-    process, url = service
+def test_step_load_scales_the_vlm_pool_up_and_back_down(service: Service) -> None:
+    process, url = service.process, service.url
     autoscaling = vlm_autoscaling(CONFIG)
     result = run_scenario(
         url,
@@ -75,11 +72,10 @@ def test_step_load_scales_the_vlm_pool_up_and_back_down(
     assert process.poll() is None, "the service died during the scenario"
 
 
-def test_stopping_the_service_leaves_no_process_behind(
-    service: tuple[subprocess.Popen[bytes], str],
-) -> None:
+def test_stopping_the_service_leaves_no_process_behind(service: Service) -> None:
     # Runs last in the module: stops the service here (the fixture's stop is then a no-op
     # for processes and finds nothing left).
-    process, _ = service
-    assert stop_service(process) == []
+    process = service.process
+    report = stop_service(service)
+    assert report.strays_killed == [] and report.left == []
     assert process.returncode is not None

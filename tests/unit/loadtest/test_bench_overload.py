@@ -1,4 +1,4 @@
-"""The pure helpers of ``loadtest.bench_overload`` (no service needed)."""
+"""The pure helpers of ``loadtest.bench_overload`` and the harness parts it uses (no service)."""
 
 from __future__ import annotations
 
@@ -8,21 +8,18 @@ import statistics
 import pytest
 
 from loadtest.bench_overload import (
-    Outcome,
-    Sample,
     compress_timeline,
     format_timeline,
-    latency_summary,
     level_shares,
     outcome_key,
     phase_document,
-    poisson_schedule,
     recovery_s,
     render,
-    replica_counts,
-    sample_from_status,
     summarise_phase,
 )
+from loadtest.harness.load import Outcome, poisson_schedule
+from loadtest.harness.stats import latency_summary
+from loadtest.harness.status import Sample, replica_counts, sample_from_status
 
 
 def test_poisson_schedule_is_seeded_sorted_and_bounded() -> None:
