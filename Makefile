@@ -37,14 +37,14 @@ FAULT_DRILL_ARGS ?=
 LOADTEST_ARGS ?=
 URL ?=
 
-.PHONY: help install run test test-unit test-integration test-e2e check lint typecheck \
+.PHONY: help install run test test-unit test-integration test-e2e check lint typecheck imports \
         check-config bench bench-engine bench-dedupe bench-overload fault-drill loadtest system-deps clean \
         vllm-contract-env tiny-glm4v
 
 help:
 	@echo "make run      start the service on $(CONFIG) (CONFIG=... for another profile)"
 	@echo "make test     install what is needed and run the whole test suite"
-	@echo "make check    lint (ruff) and type check (mypy)"
+	@echo "make check    lint (ruff), type check (mypy) and import contracts (lint-imports)"
 	@echo "make tiny-glm4v  write the tiny random GLM-4.xV checkpoint to $(TINY_GLM4V)"
 	@echo "make check-config  validate every shipped profile"
 	@echo "make bench    latency of the running graph (starts the CPU profile itself)"
@@ -118,7 +118,11 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-check: lint typecheck
+# The layering of DESIGN.md §6 ([tool.importlinter] in pyproject.toml).
+imports: install
+	$(BIN)/lint-imports
+
+check: lint typecheck imports
 
 check-config: install
 	$(BIN)/memeserve check-config autoscale_configs/*.yaml
