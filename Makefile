@@ -39,20 +39,31 @@ URL ?=
 
 .PHONY: help install run test test-unit test-integration test-e2e check lint typecheck imports \
         check-config bench bench-engine bench-dedupe bench-overload fault-drill loadtest system-deps clean \
-        vllm-contract-env tiny-glm4v
+        clean-library vllm-contract-env tiny-glm4v
 
 help:
-	@echo "make run      start the service on $(CONFIG) (CONFIG=... for another profile)"
-	@echo "make test     install what is needed and run the whole test suite"
-	@echo "make check    lint (ruff), type check (mypy) and import contracts (lint-imports)"
-	@echo "make tiny-glm4v  write the tiny random GLM-4.xV checkpoint to $(TINY_GLM4V)"
-	@echo "make check-config  validate every shipped profile"
-	@echo "make bench    latency of the running graph (starts the CPU profile itself)"
-	@echo "make loadtest  Locust against URL=... (or the CPU profile it starts); report in artifacts/loadtest/"
-	@echo "make bench-dedupe  near-duplicate recall, false merges, lookup time (this project vs pHash/dHash)"
-	@echo "make bench-overload  ~3x overload with the load controller off, then on"
-	@echo "make fault-drill  kill a VLM replica under load: every request answered or an explicit error (FAULT_DRILL_ARGS=...)"
-	@echo "make bench-engine  GLM-4.6V-Flash-sized random model via the transformers engine (CUDA GPU; BENCH_ENGINE_ARGS=...)"
+	@echo "make run                start the service on $(CONFIG) (CONFIG=... for another profile)"
+	@echo "make test               install what is needed, check every profile, run the whole test suite"
+	@echo "make test-unit          tests/unit only (also test-integration, test-e2e)"
+	@echo "make test-integration   tests/integration only"
+	@echo "make test-e2e           tests/e2e only"
+	@echo "make check              lint, type check and import contracts (lint, typecheck, imports one by one)"
+	@echo "make lint               ruff check and ruff format --check"
+	@echo "make typecheck          mypy"
+	@echo "make imports            the import contracts of pyproject.toml (lint-imports)"
+	@echo "make check-config       validate every shipped profile"
+	@echo "make install            the .venv/ environment (every other target makes it as needed)"
+	@echo "make system-deps        Debian packages the tests need: CJK font, chromium, redis-server"
+	@echo "make vllm-contract-env  the .venv-vllm/ environment for the vLLM contract test"
+	@echo "make tiny-glm4v         write the tiny random GLM-4.xV checkpoint to $(TINY_GLM4V)"
+	@echo "make bench              latency of the running graph (starts the CPU profile itself)"
+	@echo "make loadtest           Locust against URL=... (or the CPU profile it starts); report in artifacts/loadtest/"
+	@echo "make bench-dedupe       near-duplicate recall, false merges, lookup time (this project vs pHash/dHash)"
+	@echo "make bench-overload     ~3x overload with the load controller off, then on"
+	@echo "make fault-drill        kill a VLM replica under load: every request answered or an explicit error"
+	@echo "make bench-engine       GLM-4.6V-Flash-sized random model via the transformers engine (CUDA GPU)"
+	@echo "make clean-library      delete the CPU profile's fingerprint library (.memeserve/), nothing else"
+	@echo "make clean              delete everything made here: .venv/, .venv-vllm/, .gl/, .memeserve/, caches"
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -144,6 +155,10 @@ fault-drill: install system-deps
 
 bench-engine: install
 	$(PY) -m loadtest.bench_engine $(BENCH_ENGINE_ARGS)
+
+# The library only (the CPU profile's cache.sqlite_path); the environments stay.
+clean-library:
+	rm -rf .memeserve
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .gl .memeserve .pytest_cache .mypy_cache .ruff_cache build *.egg-info

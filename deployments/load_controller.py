@@ -29,6 +29,9 @@ logger = logging.getLogger(__name__)
     max_ongoing_requests=1000,
     ray_actor_options={"num_cpus": 0.05},
     user_config=ControllerUserConfig().model_dump(mode="json"),
+    # Every replica reports every period: access-log lines for those calls would bury
+    # the console (thousands an hour); its level changes are logged on their own.
+    logging_config={"enable_access_log": False},
 )
 class LoadController:
     """Serve wrapper around :class:`serve_app.load.controller.Controller`; exactly one replica."""

@@ -16,12 +16,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from serve_app.config.models import AppArgs
+from serve_app.errors import ClientError
 from serve_app.library.store import LibraryHit
 from serve_app.load.degradation import LevelFollower, LevelState
 from serve_app.media.fingerprint import Fingerprinter
 from serve_app.observability.logs import configure_logging, set_request_id
 from serve_app.observability.tracing import stage
-from serve_app.pipeline.prepare import CacheHit, Prepared, build_request, key_upload
+from serve_app.pipeline.prepare import CacheHit, Prepared, Refused, build_request, key_upload
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class Preprocessor:
         request_id: str,
         deadline: float | None,
         upload: str | None = None,
-    ) -> Prepared | CacheHit:
+    ) -> Prepared | CacheHit | Refused:
         """Decode and key the upload; a stored analysis short-circuits the engine.
 
         ``upload`` is the ingress's :func:`~serve_app.library.store.upload_key`;
@@ -69,14 +70,19 @@ class Preprocessor:
         with stage("preprocess", {"request_id": request_id, "memeserve.bytes": len(data)}) as span:
             # Decoding and hashing are CPU work (Pillow and numpy release the GIL): keep
             # the event loop free.
-            keyed = await asyncio.to_thread(
-                key_upload,
-                data,
-                text,
-                args=self._args,
-                fingerprinter=self._fingerprinter,
-                upload=upload,
-            )
+            try:
+                keyed = await asyncio.to_thread(
+                    key_upload,
+                    data,
+                    text,
+                    args=self._args,
+                    fingerprinter=self._fingerprinter,
+                    upload=upload,
+                )
+            except ClientError as exc:
+                logger.info("refused %d %s: %s", exc.status, exc.code, exc.message)
+                span.set_attribute("memeserve.error.code", exc.code)
+                return Refused(exc)
             decoded = keyed.decoded
             row = self._levels.state.row
             span.set_attributes(

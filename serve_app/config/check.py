@@ -205,6 +205,7 @@ def check_rayservice(document: Mapping[str, Any], file: str) -> list[ConfigProbl
                 f"{version!r} differs from the Ray memeserve runs on ({ray.__version__})",
             )
         )
+    problems.extend(_check_proxy_callback(file, cluster))
     if _asks_for_gpus(embedded) and not _offers_gpus(cluster):
         problems.append(
             ConfigProblem(
@@ -214,6 +215,37 @@ def check_rayservice(document: Mapping[str, Any], file: str) -> list[ConfigProbl
                 "nvidia.com/gpu limit: its replicas would never be scheduled",
             )
         )
+    return problems
+
+
+PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
+PROXY_CALLBACK = "serve_app.http.edge:proxy_middlewares"
+"""Installs :class:`serve_app.http.edge.EdgeMiddleware` in Serve's proxy (in every node's
+environment: ``memeserve run`` sets it; a cluster's containers must)."""
+
+
+def _check_proxy_callback(file: str, cluster: Mapping[str, Any]) -> list[ConfigProblem]:
+    """Every Ray container must install serve_app.http.edge in the Serve proxy it runs."""
+    groups = [("spec.rayClusterConfig.headGroupSpec", cluster.get("headGroupSpec") or {})]
+    groups += [
+        (f"spec.rayClusterConfig.workerGroupSpecs[{n}]", group)
+        for n, group in enumerate(cluster.get("workerGroupSpecs") or [])
+    ]
+    problems = []
+    for where, group in groups:
+        containers = ((group.get("template") or {}).get("spec") or {}).get("containers") or []
+        for index, container in enumerate(containers):
+            env = {e.get("name"): e.get("value") for e in container.get("env") or []}
+            if env.get(PROXY_CALLBACK_ENV) != PROXY_CALLBACK:
+                problems.append(
+                    ConfigProblem(
+                        file,
+                        f"{where}.template.spec.containers[{index}].env",
+                        f"set {PROXY_CALLBACK_ENV}={PROXY_CALLBACK}: without it the Serve "
+                        "proxy on this node answers timeouts, backpressure and malformed "
+                        "requests in plain text instead of the JSON error body",
+                    )
+                )
     return problems
 
 

@@ -14,6 +14,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+DOCS_ASSET_PATHS = ("/docs/swagger-ui-bundle.js", "/docs/swagger-ui.css", "/docs/favicon.png")
+"""The files /docs loads, served by the service itself (public like /docs)."""
+
 PROMPT_VERSION = "glm-v1"
 """Version of the prompts of :mod:`serve_app.understanding.prompts`; bump it with their text
 (it is part of the result-cache key, so old answers are not served for new prompts)."""
@@ -515,7 +518,7 @@ class SecurityArgs(StrictModel):
         "no CORS headers at all.",
     )
     public_paths: tuple[str, ...] = Field(
-        ("/", "/healthz", "/readyz", "/docs", "/openapi.json"),
+        ("/", "/healthz", "/readyz", "/docs", *DOCS_ASSET_PATHS, "/openapi.json"),
         description="Exact paths that never need a key.",
     )
 

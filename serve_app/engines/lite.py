@@ -18,7 +18,7 @@ from typing import Any
 
 from serve_app.config.models import EngineArgs
 from serve_app.engines.base import Engine, EngineOutput, EngineRequest, EngineStats
-from serve_app.errors import EngineError, MemeServeError, ServiceUnavailable
+from serve_app.errors import DeadlineExceeded, EngineError, MemeServeError, ServiceUnavailable
 from serve_app.media.ocr import OcrReader
 from serve_app.understanding.labels import EMOTION_ZH, INTENT_ZH
 from serve_app.understanding.lexicon import Lexicon, LexiconHit
@@ -122,6 +122,7 @@ class LiteEngine(Engine):
         )
         self._lexicon: Lexicon | None = None
         self._in_flight = 0
+        self._aborted = 0
 
     @property
     def model(self) -> str:
@@ -143,7 +144,7 @@ class LiteEngine(Engine):
         self._lexicon = None
 
     def stats(self) -> EngineStats:
-        return EngineStats(in_flight=self._in_flight)
+        return EngineStats(in_flight=self._in_flight, aborted=self._aborted)
 
     async def generate(self, request: EngineRequest) -> EngineOutput:
         self.check_health()
@@ -157,6 +158,10 @@ class LiteEngine(Engine):
             # Captions are often broken over lines: match across them, not inside each.
             hits = self._lexicon.find(" ".join(ocr_text), request.context)
             text = json.dumps(judge(ocr_text, request.context, hits), ensure_ascii=False)
+        except asyncio.CancelledError:
+            # The caller left or its deadline passed: the OCR thread finishes unseen.
+            self._aborted += 1
+            raise
         except MemeServeError:
             raise
         except Exception as exc:
@@ -164,7 +169,9 @@ class LiteEngine(Engine):
             raise EngineError(f"lite engine failed: {type(exc).__name__}") from exc
         finally:
             self._in_flight -= 1
-        request.check_deadline()
+        if request.deadline is not None and time.time() > request.deadline:
+            self._aborted += 1
+            raise DeadlineExceeded("the request deadline passed before the engine finished")
         return EngineOutput(
             text=text,
             engine=self.name,

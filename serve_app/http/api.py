@@ -10,12 +10,16 @@ from __future__ import annotations
 import functools
 import time
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app import __version__
+from serve_app.config.models import DOCS_ASSET_PATHS
 from serve_app.errors import ServiceUnavailable
 from serve_app.http.body import parse_analyze_input, parse_batch_input
 from serve_app.http.errors import install_error_handlers
@@ -25,7 +29,6 @@ from serve_app.http.openapi import (
     ANALYZE_BODY,
     BATCH_BODY,
     ERROR_RESPONSES,
-    PROXY_TIMEOUT_RESPONSE,
     STREAM_RESPONSES,
     EventStreamResponse,
 )
@@ -50,10 +53,13 @@ def _current() -> IngressService:
 
 
 def _timeout(service: IngressService, request: Request) -> float:
-    """This request's deadline in seconds: the configured one, or the caller's shorter one."""
-    return request_timeout_s(
+    """Seconds left of this request's deadline (the configured one, or the caller's shorter
+    one), counted from its arrival, so the time spent reading the body counts too."""
+    allowed = request_timeout_s(
         request.headers.get(REQUEST_TIMEOUT_HEADER), service.args.request_timeout_s
     )
+    arrived = getattr(request.state, "arrived_at", None) or time.time()
+    return max(0.0, allowed - (time.time() - arrived))
 
 
 @functools.cache
@@ -64,6 +70,8 @@ def _page_html() -> str:
 app = FastAPI(
     title="memeserve",
     version=__version__,
+    docs_url=None,  # served below from local files: FastAPI's default loads a CDN
+    redoc_url=None,
     description="Reads internet memes (image + optional context) and returns a structured "
     "judgement: emotion, intent, sarcasm, offensiveness, confidence, explanation, risk.",
 )
@@ -76,7 +84,7 @@ install_error_handlers(app)
 @app.post(
     "/v1/memes/analyze",
     response_model=Analysis,
-    responses={**ERROR_RESPONSES, **PROXY_TIMEOUT_RESPONSE},
+    responses=ERROR_RESPONSES,
     openapi_extra=ANALYZE_BODY,
     summary="Analyse one meme",
 )
@@ -84,8 +92,8 @@ async def analyze(request: Request) -> JSONResponse:
     """Multipart (``image`` file, optional ``text``) or JSON (``image_base64``, ``text``)."""
     started = time.perf_counter()
     service = _current()
-    timeout = _timeout(service, request)
     data, text = await parse_analyze_input(request, service.body_limit)
+    timeout = _timeout(service, request)
     result = await service.analyze(data, text, request.state.request_id, started, timeout)
     return JSONResponse(result)
 
@@ -93,16 +101,16 @@ async def analyze(request: Request) -> JSONResponse:
 @app.post(
     "/v1/memes/analyze/batch",
     response_model=BatchResponse,
-    responses={**ERROR_RESPONSES, **PROXY_TIMEOUT_RESPONSE},
+    responses=ERROR_RESPONSES,
     openapi_extra=BATCH_BODY,
     summary="Analyse several memes; each item succeeds or fails on its own",
 )
 async def analyze_batch(request: Request) -> JSONResponse:
     """Items run concurrently through the graph; results keep ids and order."""
     service = _current()
-    timeout = _timeout(service, request)
     limit = service.body_limit * service.args.limits.max_batch_items
     batch = await parse_batch_input(request, limit)
+    timeout = _timeout(service, request)
     return JSONResponse(await service.analyze_batch(batch, request.state.request_id, timeout))
 
 
@@ -114,13 +122,14 @@ async def analyze_batch(request: Request) -> JSONResponse:
     summary="Analyse one meme, streaming the explanation as the model writes it",
 )
 async def analyze_stream(request: Request) -> EventStreamResponse:
-    """Same input as analyze. Errors before acceptance are plain JSON errors."""
+    """Same input as analyze. Input errors are plain JSON errors, before the stream opens."""
     started = time.perf_counter()
     service = _current()
-    timeout = _timeout(service, request)
     data, text = await parse_analyze_input(request, service.body_limit)
+    await service.precheck(data, text)
+    deadline = time.time() + _timeout(service, request)
     return EventStreamResponse(
-        service.events(data, text, request.state.request_id, started, timeout),
+        service.events(data, text, request.state.request_id, started, deadline),
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 
@@ -129,6 +138,38 @@ async def analyze_stream(request: Request) -> EventStreamResponse:
 async def page() -> HTMLResponse:
     """Upload a meme, add context, read the result (self-contained: no CDN)."""
     return HTMLResponse(_page_html(), headers={"cache-control": "no-cache"})
+
+
+# Swagger UI 5's files (the fastapi-offline package ships them), by their public path.
+_DOCS_FILES = {
+    "/docs/swagger-ui-bundle.js": ("swagger-ui-bundle.js", "application/javascript"),
+    "/docs/swagger-ui.css": ("swagger-ui.css", "text/css"),
+    "/docs/favicon.png": ("favicon.png", "image/png"),
+}
+assert set(_DOCS_FILES) == set(DOCS_ASSET_PATHS)
+
+
+@app.get("/docs", include_in_schema=False)
+async def docs() -> HTMLResponse:
+    """Swagger UI over /openapi.json, every file served from here (works offline)."""
+    return get_swagger_ui_html(
+        openapi_url="/openapi.json",
+        title="memeserve API",
+        swagger_js_url="/docs/swagger-ui-bundle.js",
+        swagger_css_url="/docs/swagger-ui.css",
+        swagger_favicon_url="/docs/favicon.png",
+    )
+
+
+@app.get("/docs/{name}", include_in_schema=False)
+async def docs_file(name: str) -> Response:
+    """One of Swagger UI's files (404 for anything else)."""
+    found = _DOCS_FILES.get(f"/docs/{name}")
+    if found is None:
+        raise StarletteHTTPException(404, f"no such file: /docs/{name}")
+    filename, media_type = found
+    path = Path(str(resources.files("fastapi_offline") / "static" / filename))
+    return FileResponse(path, media_type=media_type, headers={"cache-control": "max-age=3600"})
 
 
 @app.get("/healthz", summary="Liveness")

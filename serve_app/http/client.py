@@ -34,6 +34,16 @@ ImageInput = bytes | str | Path
 RETRY_STATUSES = frozenset({429, 503})
 
 
+def transport_error(exc: httpx.TransportError) -> ApiError:
+    """A failure to get any answer, as an :class:`ApiError` with status 0.
+
+    Its code says which: ``timeout`` (no answer within the client's ``timeout_s``) or
+    ``unreachable`` (no connection, or the connection broke).
+    """
+    code = "timeout" if isinstance(exc, httpx.TimeoutException) else "unreachable"
+    return ApiError(0, code, str(exc) or type(exc).__name__, None)
+
+
 class ApiError(Exception):
     """The service answered with an error body (or could not be reached)."""
 
@@ -172,7 +182,7 @@ class MemeServeClient:
             except httpx.TransportError as exc:
                 wait = self._retry.wait_s(attempt, None)
                 if wait is None:
-                    raise ApiError(0, "unreachable", str(exc), None) from exc
+                    raise transport_error(exc) from exc
             else:
                 if response.is_success:
                     return response
@@ -194,17 +204,20 @@ class MemeServeClient:
 
     def stream(self, image: ImageInput, text: str | None = None) -> Iterator[StreamEvent]:
         """The stream's events as they arrive (no retries once events have started)."""
-        with self._http.stream(
-            "POST", "/v1/memes/analyze/stream", **_analyze_files(image, text)
-        ) as response:
-            if not response.is_success:
-                response.read()
-                raise ApiError.from_response(response)
-            parser = SseParser()
-            for line in response.iter_lines():
-                event = parser.feed(line)
-                if event is not None:
-                    yield event
+        try:
+            with self._http.stream(
+                "POST", "/v1/memes/analyze/stream", **_analyze_files(image, text)
+            ) as response:
+                if not response.is_success:
+                    response.read()
+                    raise ApiError.from_response(response)
+                parser = SseParser()
+                for line in response.iter_lines():
+                    event = parser.feed(line)
+                    if event is not None:
+                        yield event
+        except httpx.TransportError as exc:
+            raise transport_error(exc) from exc
 
     def status(self) -> dict[str, Any]:
         """``GET /v1/status``."""
@@ -250,7 +263,7 @@ class AsyncMemeServeClient:
             except httpx.TransportError as exc:
                 wait = self._retry.wait_s(attempt, None)
                 if wait is None:
-                    raise ApiError(0, "unreachable", str(exc), None) from exc
+                    raise transport_error(exc) from exc
             else:
                 if response.is_success:
                     return response
@@ -273,17 +286,20 @@ class AsyncMemeServeClient:
     async def stream(
         self, image: ImageInput, text: str | None = None
     ) -> AsyncIterator[StreamEvent]:
-        async with self._http.stream(
-            "POST", "/v1/memes/analyze/stream", **_analyze_files(image, text)
-        ) as response:
-            if not response.is_success:
-                await response.aread()
-                raise ApiError.from_response(response)
-            parser = SseParser()
-            async for line in response.aiter_lines():
-                event = parser.feed(line)
-                if event is not None:
-                    yield event
+        try:
+            async with self._http.stream(
+                "POST", "/v1/memes/analyze/stream", **_analyze_files(image, text)
+            ) as response:
+                if not response.is_success:
+                    await response.aread()
+                    raise ApiError.from_response(response)
+                parser = SseParser()
+                async for line in response.aiter_lines():
+                    event = parser.feed(line)
+                    if event is not None:
+                        yield event
+        except httpx.TransportError as exc:
+            raise transport_error(exc) from exc
 
     async def status(self) -> dict[str, Any]:
         result: dict[str, Any] = (await self._request("GET", "/v1/status")).json()

@@ -105,6 +105,8 @@ def error_parts(
             headers["Retry-After"] = str(max(1, round(exc.retry_after_s)))
         if status >= 500:
             logger.warning("request failed: %s %s", code, message)
+        else:  # the client's mistake, not ours: one line, no traceback
+            logger.info("request refused: %d %s: %s", status, code, message)
     elif isinstance(exc, RequestValidationError):
         status, code = 422, "invalid_request"
         message = validation_message(exc.errors())

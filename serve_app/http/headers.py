@@ -34,16 +34,20 @@ def choose_request_id(incoming: str | None) -> str:
     return uuid.uuid4().hex
 
 
-def request_timeout_s(header: str | None, configured: float) -> float:
-    """Seconds one request may take: ``configured``, or the caller's shorter deadline.
+MIN_REQUEST_TIMEOUT_S = 1.0
+"""The shortest deadline a caller may ask for: below it no answer of ours could arrive
+before Serve's proxy gives up with its own plain-text 408, so it is refused (400)."""
 
-    ``header`` is ``x-request-timeout-seconds``. Serve's proxy gives up at that value
-    with a plain-text error, so the graph stops a little earlier (10 %, at most 0.5 s)
-    and the caller gets the JSON 504. Zero or less means "no timeout" to Serve; the
-    configured deadline still holds. Anything but a number is a 400.
+
+def caller_deadline_s(header: str | None) -> float | None:
+    """The caller's deadline from ``x-request-timeout-seconds``; None for none (absent, ≤ 0).
+
+    One rule for every route: anything but a finite number of seconds, or a deadline
+    under :data:`MIN_REQUEST_TIMEOUT_S`, is a 400. Zero or less means "no timeout" to
+    Serve's proxy; the configured deadline still holds then.
     """
     if header is None:
-        return configured
+        return None
     try:
         wanted = float(header)
     except ValueError:
@@ -51,5 +55,23 @@ def request_timeout_s(header: str | None, configured: float) -> float:
     if not math.isfinite(wanted):
         raise BadInput("x-request-timeout-seconds must be a finite number of seconds")
     if wanted <= 0:
+        return None
+    if wanted < MIN_REQUEST_TIMEOUT_S:
+        raise BadInput(
+            f"x-request-timeout-seconds must be at least {MIN_REQUEST_TIMEOUT_S:g} s "
+            "(or 0 for no deadline of your own)"
+        )
+    return wanted
+
+
+def request_timeout_s(header: str | None, configured: float) -> float:
+    """Seconds one request may take: ``configured``, or the caller's shorter deadline.
+
+    Serve's proxy gives up at the caller's value and cuts the response, so the graph
+    stops earlier — 10 % of it, at least 0.25 s and at most 0.5 s — and the caller gets
+    the JSON 504 (a stream its ``error`` event) in that margin.
+    """
+    wanted = caller_deadline_s(header)
+    if wanted is None:
         return configured
-    return min(configured, wanted - min(0.5, wanted * 0.1))
+    return min(configured, wanted - max(0.25, min(0.5, wanted * 0.1)))

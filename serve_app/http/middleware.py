@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import logging
+import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serve_app.http.errors import error_response
-from serve_app.http.headers import REQUEST_ID_HEADER, TRACE_ID_HEADER, choose_request_id
+from serve_app.http.headers import (
+    REQUEST_ID_HEADER,
+    REQUEST_TIMEOUT_HEADER,
+    TRACE_ID_HEADER,
+    caller_deadline_s,
+    choose_request_id,
+)
 from serve_app.observability.logs import set_request_id
 from serve_app.observability.metrics import count_request
 from serve_app.observability.tracing import current_ids, stage
@@ -16,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 _REQUEST_ID = REQUEST_ID_HEADER.encode("latin-1")
 _TRACE_ID = TRACE_ID_HEADER.encode("latin-1")
+_TIMEOUT = REQUEST_TIMEOUT_HEADER.encode("latin-1")
 
 
 class RequestIdMiddleware:
@@ -40,7 +48,9 @@ class RequestIdMiddleware:
         )
         request_id = choose_request_id(incoming)
         set_request_id(request_id)
-        scope.setdefault("state", {})["request_id"] = request_id
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        state["arrived_at"] = time.time()  # deadlines count from here, not from the route
         path = scope.get("path", "")
         attributes = {"http.request.method": scope.get("method", ""), "http.route": path}
         with stage("http", {**attributes, "request_id": request_id}) as span:
@@ -61,6 +71,13 @@ class RequestIdMiddleware:
                 await send(message)
 
             try:
+                # One rule for the deadline header on every route (400 when malformed).
+                caller_deadline_s(
+                    next(
+                        (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == _TIMEOUT),
+                        None,
+                    )
+                )
                 await self.app(scope, receive, tracking_send)
             except Exception as exc:
                 if started:

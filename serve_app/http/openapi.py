@@ -63,22 +63,13 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 
 # Serve's proxy answers this itself, in plain text, when the caller's
 # x-request-timeout-seconds ends before the graph could (a deadline of milliseconds).
-PROXY_TIMEOUT_RESPONSE: dict[int | str, dict[str, Any]] = {
-    408: {
-        "description": "Ray Serve's proxy gave up at the caller's x-request-timeout-seconds "
-        "before the service could answer (plain text, not JSON: only for deadlines of a few "
-        "milliseconds; longer ones get the JSON 504).",
-        "content": {"text/plain": {"schema": {"type": "string"}}},
-    }
-}
-
 _TIMEOUT_PARAMETER = {
     "name": REQUEST_TIMEOUT_HEADER,
     "in": "header",
     "required": False,
     "schema": {"type": "number"},
-    "description": "Seconds the caller will wait (Serve's proxy honours it too). The "
-    "answer, or a 504, comes a little before; longer than the configured deadline "
+    "description": "Seconds the caller will wait, at least 1 (less, or not a number: 400). "
+    "The answer, or a 504, comes a little before; longer than the configured deadline "
     "changes nothing, and zero or less means no caller deadline.",
 }
 
@@ -165,5 +156,4 @@ STREAM_RESPONSES: dict[int | str, dict[str, Any]] = {
         }
         for status, response in ERROR_RESPONSES.items()
     },
-    **PROXY_TIMEOUT_RESPONSE,
 }

@@ -14,6 +14,9 @@ from serve_app.errors import Forbidden, MemeServeError, TooManyRequests, Unautho
 from serve_app.http.auth import Guard, Verdict
 from serve_app.http.errors import error_response
 from serve_app.http.headers import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS
+from serve_app.http.text_errors import JsonErrors, Replacement
+
+_PREFLIGHT_REFUSED = {400: Replacement(400, "cors_refused")}
 
 
 class _SecurityState:
@@ -71,6 +74,10 @@ class SecurityMiddleware:
             )
             self._cors_for = state
         assert self._cors is not None
+        if scope.get("method") == "OPTIONS":
+            # Starlette refuses a preflight with a text 400: send our JSON error instead.
+            request_id = scope.get("state", {}).get("request_id", "-")
+            send = JsonErrors(send, request_id, _PREFLIGHT_REFUSED)
         await self._cors(scope, receive, send)
 
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -26,9 +26,10 @@ from serve_app.http.sse import ExplanationTap, sse
 from serve_app.http.wire import BatchItem, BatchRequest
 from serve_app.library.store import StoreKey, upload_key
 from serve_app.load.degradation import Admission, LevelFollower, LevelState
+from serve_app.media.imaging import probe_image
 from serve_app.observability.metrics import observe_stages
 from serve_app.observability.tracing import annotate, stage
-from serve_app.pipeline.prepare import CacheHit, Prepared, request_scope
+from serve_app.pipeline.prepare import CacheHit, Prepared, Refused, limits_from, request_scope
 
 logger = logging.getLogger(__name__)
 
@@ -215,11 +216,28 @@ class IngressService:
             return {"id": item.id, "status": status, "error": body["error"]}
         return {"id": item.id, "status": 200, "result": result}
 
+    async def precheck(self, data: bytes, text: str | None) -> None:
+        """Refuse now what the request shows without the graph: text length, bytes, header.
+
+        The stream route calls it before the stream opens, so these refusals are plain
+        HTTP errors (413/415/422/400), never an ``error`` event after ``accepted``.
+        """
+        limit = self.args.limits.max_text_chars
+        if text is not None and len(text) > limit:
+            raise SchemaError(f"text is {len(text)} characters; the limit is {limit}")
+        limits = limits_from(self.args)
+        if len(data) > _HASH_INLINE_BYTES:
+            await asyncio.to_thread(probe_image, data, limits)
+        else:
+            probe_image(data, limits)
+
     async def events(
-        self, data: bytes, text: str | None, request_id: str, started: float, timeout: float
+        self, data: bytes, text: str | None, request_id: str, started: float, deadline: float
     ) -> AsyncIterator[bytes]:
         """The stream: ``accepted``, ``cache``, ``delta``…, then ``result`` or ``error``."""
         yield sse("accepted", {"request_id": request_id})
+        # The generator starts when the response does: what is left of the wall deadline.
+        timeout = max(0.0, deadline - time.time())
         try:
             span = stage("analyze", {"request_id": request_id, "memeserve.bytes": len(data)})
             with span, self._inside():
@@ -248,6 +266,8 @@ class IngressService:
             prepared = await calls.add(
                 self._preprocessor.prepare.remote(data, text, request_id, deadline, upload)
             )
+            if isinstance(prepared, Refused):
+                raise prepared.error
             if isinstance(prepared, CacheHit):
                 result = from_cache(prepared)
                 yield sse("cache", result["meta"]["cache"])
@@ -296,6 +316,8 @@ class IngressService:
             prepared = await calls.add(
                 self._preprocessor.prepare.remote(data, text, request_id, deadline, upload)
             )
+            if isinstance(prepared, Refused):
+                raise prepared.error
             if isinstance(prepared, CacheHit):
                 return from_cache(prepared)
             # The DeploymentResponse goes straight to the Structurer as a top-level argument.
@@ -360,8 +382,18 @@ class IngressService:
         return prepared.key if self.args.cache.enabled else None
 
     async def ready(self) -> dict[str, Any]:
-        """Ready when a VLM pool replica answers with a started engine (else 503)."""
+        """Ready when a VLM pool replica answers with a started engine (else 503).
+
+        Not ready from the moment a drain starts: the controller is asked, not this
+        replica's copy of the level, so a load balancer stops sending at once.
+        """
         self._levels.start()
+        try:
+            state: LevelState = await asyncio.wait_for(self._controller.state.remote(), 5.0)
+        except Exception:
+            state = self._levels.state  # the controller restarting: our last copy
+        if state.draining:
+            raise ServiceUnavailable("draining before a stop", retry_after_s=5)
         try:
             engine = await asyncio.wait_for(self._vlm.info.remote(), 5.0)
         except TimeoutError:

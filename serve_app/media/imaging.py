@@ -8,11 +8,14 @@ decoded), then the decode itself (400 for truncated or corrupt data).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import math
+import re
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Final
@@ -115,41 +118,50 @@ def describe_refused(data: bytes) -> str:
     return "text"
 
 
-def decode_image(data: bytes, limits: Limits) -> DecodedImage:
-    """Validate and decode ``data`` into an RGB image within ``limits``.
+def probe_image(data: bytes, limits: Limits) -> str:
+    """Check what the bytes and the header say, without decoding; the format.
 
-    Raises :class:`PayloadTooLarge` (bytes, pixels, frames), :class:`UnsupportedMediaType`
-    (not an allowed type) or :class:`BadInput` (truncated, corrupt, extreme shape).
+    The refusals of :func:`decode_image` that need no pixel data: size in bytes, type
+    by content, dimensions (pixels, aspect ratio, a GIF's frames' extent), a header
+    that cannot be read. Cheap enough to run before a stream opens.
     """
+    fmt, img = _open_checked(data, limits)
+    img.close()
+    return fmt
+
+
+def _open_checked(data: bytes, limits: Limits) -> tuple[str, Image.Image]:
     if len(data) > limits.max_bytes:
         raise PayloadTooLarge(f"image is {len(data)} bytes; the limit is {limits.max_bytes}")
     fmt = sniff_format(data)
+    with _client_errors(fmt, limits):
+        img: Image.Image = Image.open(BytesIO(data), formats=[fmt])
+        width, height = img.size
+        _check_dimensions(width, height, limits)
+        if fmt == "GIF":
+            # Pillow grows a GIF's canvas to a later frame's extent only when it seeks
+            # (decoding as it goes): bound every frame's extent before that happens.
+            _check_dimensions(*_gif_canvas(data, width, height), limits)
+    return fmt, img
+
+
+_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+@contextlib.contextmanager
+def _client_errors(fmt: str, limits: Limits) -> Iterator[None]:
+    """Pillow's failures on hostile or broken input, as the client errors they are."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img: Image.Image = Image.open(BytesIO(data), formats=[fmt])
-            width, height = img.size
-            _check_dimensions(width, height, limits)
-            if fmt == "GIF":
-                # Pillow grows a GIF's canvas to a later frame's extent only when it seeks
-                # (decoding as it goes): bound every frame's extent before that happens.
-                _check_dimensions(*_gif_canvas(data, width, height), limits)
-            frames = _frame_count(img)
-            if frames > limits.max_frames:
-                raise PayloadTooLarge(
-                    f"animation has {frames} frames; the limit is {limits.max_frames}"
-                )
-            if frames > 1:
-                rgb = _sample_frames(img, frames, limits.sampled_frames)
-            else:
-                img.load()
-                img = _apply_exif_orientation(img)
-                width, height = img.size
-                rgb = to_rgb(img)
+            yield
     except (PayloadTooLarge, BadInput, UnsupportedMediaType):
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise PayloadTooLarge(f"image exceeds the pixel limit: {exc}") from None
+        # Pillow refuses huge headers before we see the size; say it in our limit's terms.
+        found = _BOMB_PIXELS.search(str(exc))
+        size = f"{int(found.group(1))} pixels" if found else "larger than allowed"
+        raise PayloadTooLarge(f"image is {size}; the limit is {limits.max_pixels}") from None
     except (
         UnidentifiedImageError,
         OSError,
@@ -164,6 +176,29 @@ def decode_image(data: bytes, limits: Limits) -> DecodedImage:
         raise BadInput(f"corrupt or truncated {fmt} image: {_short(exc)}") from None
     except MemoryError:
         raise PayloadTooLarge("image needs more memory to decode than allowed") from None
+
+
+def decode_image(data: bytes, limits: Limits) -> DecodedImage:
+    """Validate and decode ``data`` into an RGB image within ``limits``.
+
+    Raises :class:`PayloadTooLarge` (bytes, pixels, frames), :class:`UnsupportedMediaType`
+    (not an allowed type) or :class:`BadInput` (truncated, corrupt, extreme shape).
+    """
+    fmt, img = _open_checked(data, limits)
+    width, height = img.size
+    with _client_errors(fmt, limits):
+        frames = _frame_count(img)
+        if frames > limits.max_frames:
+            raise PayloadTooLarge(
+                f"animation has {frames} frames; the limit is {limits.max_frames}"
+            )
+        if frames > 1:
+            rgb = _sample_frames(img, frames, limits.sampled_frames)
+        else:
+            img.load()
+            img = _apply_exif_orientation(img)
+            width, height = img.size
+            rgb = to_rgb(img)
     return DecodedImage(image=rgb, format=fmt, width=width, height=height, frames=frames)
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterator, Mapping
@@ -29,7 +30,9 @@ from pathlib import Path
 from typing import IO
 
 from opentelemetry import trace
+from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.sdk.trace import Span as SdkSpan
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
@@ -76,6 +79,34 @@ def exporter_mode(environ: Mapping[str, str] = os.environ) -> str:
     return mode
 
 
+# Serve traces every handle call, including the replicas' periodic load reports to the
+# LoadController: a few per second whether or not any request comes in. They say
+# nothing about a request, so they are not exported (idle span files stay still).
+_BACKGROUND_SPAN = re.compile(
+    r"^(replica_handle_request|route_to_replica) LoadController (report|state)$"
+)
+
+
+class RequestSpansOnly(SpanProcessor):
+    """Passes every span to ``inner`` but the graph's periodic background calls."""
+
+    def __init__(self, inner: SpanProcessor) -> None:
+        self.inner = inner
+
+    def on_start(self, span: SdkSpan, parent_context: Context | None = None) -> None:
+        self.inner.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if not _BACKGROUND_SPAN.match(span.name):
+            self.inner.on_end(span)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
 def span_processors() -> list[SpanProcessor]:
     """Serve's exporter hook (``tracing_config.exporter_import_path``), once per process."""
     mode = exporter_mode()
@@ -83,7 +114,7 @@ def span_processors() -> list[SpanProcessor]:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         # Endpoint, headers and timeout come from the standard OTEL_EXPORTER_OTLP_* variables.
-        return [BatchSpanProcessor(OTLPSpanExporter())]
+        return [RequestSpansOnly(BatchSpanProcessor(OTLPSpanExporter()))]
     out: IO[str]
     if mode == "console":
         out = sys.stderr
@@ -92,7 +123,8 @@ def span_processors() -> list[SpanProcessor]:
         directory.mkdir(parents=True, exist_ok=True)
         name = f"spans-{socket.gethostname()}-{os.getpid()}.jsonl"
         out = (directory / name).open("a", encoding="utf-8", buffering=1)
-    return [SimpleSpanProcessor(ConsoleSpanExporter(out=out, formatter=_json_line))]
+    exporter = ConsoleSpanExporter(out=out, formatter=_json_line)
+    return [RequestSpansOnly(SimpleSpanProcessor(exporter))]
 
 
 @contextlib.contextmanager

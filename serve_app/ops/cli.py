@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from serve_app.config.check import check_file, http_address
+from serve_app.config.check import PROXY_CALLBACK, PROXY_CALLBACK_ENV, check_file, http_address
 from serve_app.ops.drain import drain
 
 if TYPE_CHECKING:
@@ -120,6 +120,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     env.setdefault("OTEL_SERVICE_NAME", "memeserve")  # names the traces' service
+    # Serve's proxy answers timeouts and backpressure itself: this makes them our JSON.
+    env.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
     command = [sys.executable, "-m", "ray.serve.scripts", "run", str(config)]
     print(f"memeserve: starting {config} ...", flush=True)
     started = time.monotonic()
@@ -187,7 +189,13 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 return _print_stream(client.stream(data, args.text))
             analysis = client.analyze(data, args.text)
     except ApiError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if exc.code == "timeout" and exc.status == 0:
+            message = f"no answer from {args.url} within --timeout {args.timeout:g} s"
+        elif exc.code == "unreachable" and exc.status == 0:
+            message = f"cannot reach {args.url}: {exc.message}"
+        else:
+            message = str(exc)
+        print(f"error: {message}", file=sys.stderr)
         return 1
     print(json.dumps(analysis.model_dump(mode="json"), ensure_ascii=False, indent=2))
     return 0
@@ -303,7 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("image", type=Path)
     analyze.add_argument("--text", default=None, help="context: caption, comment, danmaku")
     analyze.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
-    analyze.add_argument("--timeout", type=float, default=120.0)
+    analyze.add_argument(
+        "--timeout", type=float, default=120.0, help="seconds to wait for the answer (default 120)"
+    )
     analyze.add_argument(
         "--retries", type=int, default=3, help="retries on 429/503 (honouring Retry-After)"
     )

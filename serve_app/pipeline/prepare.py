@@ -15,7 +15,7 @@ import numpy as np
 
 from serve_app.config.models import AppArgs, LevelArgs
 from serve_app.engines.base import EngineRequest
-from serve_app.errors import SchemaError
+from serve_app.errors import ClientError, SchemaError
 from serve_app.library.store import StoreKey, scope_of
 from serve_app.load.degradation import image_budget
 from serve_app.media.fingerprint import Fingerprinter
@@ -61,6 +61,17 @@ class Prepared:
             preprocess_ms=self.preprocess_ms,
             explanation_max_chars=self.explanation_max_chars,
         )
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The upload was refused (a client error): returned, not raised, across deployments.
+
+    A client's bad input is not a server failure; raised inside a replica, Serve would
+    log it at ERROR with a traceback. The ingress raises :attr:`error` as the response.
+    """
+
+    error: ClientError
 
 
 @dataclass(frozen=True)

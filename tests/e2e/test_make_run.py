@@ -136,6 +136,17 @@ def test_make_run_serves_then_stops_cleanly_on_ctrl_c(service: Service, profile:
     assert "你说得对" in " ".join(body["evidence"]["ocr_text"])
     assert "你说得对但是" in body["evidence"]["slang"]
 
+    # A refused input is the client's mistake: one INFO line with its code, no traceback;
+    # the replicas' periodic load reports leave no access-log line on the console.
+    before = len(service.lines)
+    bad = httpx.post(f"{url}/v1/memes/analyze", files={"image": ("x.png", b"not an image")})
+    assert bad.status_code in (400, 415), bad.text
+    service.wait_for_line(r"request refused: 415 unsupported_media_type", timeout_s=30)
+    time.sleep(2)  # four load-report periods: none of them may print a line
+    console = "".join(service.lines[before:])
+    assert "Traceback" not in console and " ERROR " not in console, console[-4000:]
+    assert "CALL report" not in console and "CALL state" not in console, console[-4000:]
+
     # `memeserve drain` (serve deploy with token auth, then polling /v1/status): new
     # analyses are refused with 503 + Retry-After, nothing is left inside.
     memeserve = str(Path(sys.executable).parent / "memeserve")

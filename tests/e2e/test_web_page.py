@@ -181,6 +181,28 @@ def test_page_loads_with_no_request_beyond_the_service(watch: PageWatch, service
     assert not watch.errors, watch.errors
 
 
+def test_the_api_docs_render_offline_from_the_service_alone(
+    watch: PageWatch, service_url: str
+) -> None:
+    """/docs is Swagger UI with every file served by memeserve: no CDN, works offline."""
+    from playwright.sync_api import expect
+
+    page = watch.page
+    response = page.goto(f"{service_url}/docs", wait_until="networkidle")
+    assert response is not None and response.status == 200
+    # Swagger UI rendered the document: one block per operation, the analyze route first.
+    expect(page.locator(".swagger-ui .opblock").first).to_be_visible(timeout=30_000)
+    expect(page.locator(".swagger-ui")).to_contain_text("/v1/memes/analyze")
+    foreign = [
+        u
+        for u in watch.requests
+        if not (u.startswith(f"{service_url}/") or u.startswith(("data:", "blob:")))
+    ]
+    assert not foreign, f"requests beyond the service: {foreign}"
+    assert not watch.errors, watch.errors
+    _screenshot(page, "docs.png")
+
+
 def test_upload_shows_the_analysis_desktop_and_phone(
     watch: PageWatch, browser: Browser, service_url: str, tmp_path: Path
 ) -> None:

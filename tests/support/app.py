@@ -13,6 +13,8 @@ from typing import Any
 
 import httpx
 
+from serve_app.config.check import PROXY_CALLBACK, PROXY_CALLBACK_ENV
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -48,6 +50,8 @@ def with_own_library(args: dict[str, Any]) -> dict[str, Any]:
 @contextlib.contextmanager
 def _ray_with_serve(port: int) -> Iterator[None]:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # As `memeserve run` does: the proxy's own errors in our JSON body (serve_app.http.edge).
+    os.environ.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
     import ray
     from ray import serve
 

@@ -205,11 +205,17 @@ def test_draining_then_deleting_the_app_loses_no_request(
     document = _document(delay_ms=3000, seed=2)
     apply(document)
     refused: list[httpx.Response] = []
+    not_ready: list[httpx.Response] = []
     drained: list[DrainResult] = []
 
     def drain_then_delete() -> None:
         deploy(drained_document(document))  # reconfigures the LoadController in place
+        # Not ready from the moment the controller has the flag (readiness asks it, not
+        # the ingress's copy of the level): a load balancer stops sending.
         deadline = time.monotonic() + 30
+        while (ready := client.get("/readyz")).status_code == 200:
+            assert time.monotonic() < deadline, "readiness never reported the drain"
+        not_ready.append(ready)
         while not refused:  # until the flag has reached the ingress
             late = client.post("/v1/memes/analyze", files={"image": ("m.png", meme(50))})
             if late.status_code == 503:
@@ -230,6 +236,9 @@ def test_draining_then_deleting_the_app_loses_no_request(
     for number, response in enumerate(responses):
         assert response.status_code == 200, response.text
         assert response.json()["request_id"] == f"drain-{number}"
+    (ready,) = not_ready
+    assert ready.status_code == 503 and ready.headers["retry-after"] == "5", ready.text
+    assert "draining" in ready.json()["error"]["message"]
     (late,) = refused
     assert late.headers["retry-after"] == "5"
     assert late.json()["error"]["code"] == "unavailable"

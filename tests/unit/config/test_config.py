@@ -281,6 +281,12 @@ def test_the_rayservice_embeds_the_t4_profile_verbatim() -> None:
         ),
         (lambda m: m["spec"].update(serveConfigV2={"applications": []}), "spec.serveConfigV2"),
         (lambda m: m.update(apiVersion="ray.io/v1alpha1"), "apiVersion"),
+        (
+            lambda m: m["spec"]["rayClusterConfig"]["workerGroupSpecs"][1]["template"]["spec"][
+                "containers"
+            ][0].pop("env"),
+            "spec.rayClusterConfig.workerGroupSpecs[1].template.spec.containers[0].env",
+        ),
     ],
 )
 def test_rayservice_problems_name_the_path(tmp_path: Path, mutate, expected_path: str) -> None:  # type: ignore[no-untyped-def]

@@ -98,3 +98,39 @@ def test_an_unstarted_engine_is_unavailable() -> None:
         engine.check_health()
     with pytest.raises(ServiceUnavailable):
         asyncio.run(engine.generate(_request(np.zeros((56, 56, 3), dtype=np.uint8))))
+
+
+def test_a_caller_that_leaves_is_counted_as_aborted(engine) -> None:  # type: ignore[no-untyped-def]
+    image = np.asarray(draw_meme(MemeSpec(template=8, top="绷不住了", bottom="急了急了")))
+    before = engine.stats().aborted
+
+    async def leave_early() -> None:
+        task = asyncio.ensure_future(engine.generate(_request(image)))
+        while engine.stats().in_flight == 0:
+            await asyncio.sleep(0.001)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(leave_early())
+    assert engine.stats().aborted == before + 1 and engine.stats().in_flight == 0
+
+
+def test_a_deadline_passing_during_ocr_is_counted_as_aborted(
+    engine,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    image = np.asarray(draw_meme(MemeSpec(template=9, top="你说得对，但是")))
+    before = engine.stats().aborted
+    deadline = time.time() + 0.2
+    read = engine._ocr.read
+
+    def slow_read(img: np.ndarray) -> object:
+        lines = read(img)
+        time.sleep(max(0.0, deadline - time.time()) + 0.01)  # OCR outlasts the deadline
+        return lines
+
+    monkeypatch.setattr(engine._ocr, "read", slow_read)
+    with pytest.raises(DeadlineExceeded):
+        asyncio.run(engine.generate(_request(image, deadline=deadline)))
+    assert engine.stats().aborted == before + 1

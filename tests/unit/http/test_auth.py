@@ -152,7 +152,16 @@ def test_security_defaults_keep_the_api_open() -> None:
     security = AppArgs().security
     assert not security.require_api_key and security.api_keys == ()
     assert security.api_keys_env is None and security.cors_allow_origins == ()
-    assert set(security.public_paths) == {"/", "/healthz", "/readyz", "/docs", "/openapi.json"}
+    assert set(security.public_paths) == {
+        "/",
+        "/healthz",
+        "/readyz",
+        "/docs",
+        "/docs/swagger-ui-bundle.js",
+        "/docs/swagger-ui.css",
+        "/docs/favicon.png",
+        "/openapi.json",
+    }
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ exactly which downstream calls a request made and which were cancelled.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -166,7 +167,7 @@ def test_a_client_leaving_the_stream_during_preprocessing_cancels_that_call() ->
     service = graph.service()
 
     async def scenario() -> list[bytes]:
-        events = service.events(IMAGE, None, "r1", 0.0, 30.0)
+        events = service.events(IMAGE, None, "r1", 0.0, time.time() + 30.0)
         return await _leave_after(events, graph.preprocessor.prepare)
 
     seen = asyncio.run(scenario())
@@ -181,7 +182,7 @@ def test_a_client_leaving_the_stream_during_structuring_cancels_that_call() -> N
     service = graph.service()
 
     async def scenario() -> list[bytes]:
-        events = service.events(IMAGE, None, "r2", 0.0, 30.0)
+        events = service.events(IMAGE, None, "r2", 0.0, time.time() + 30.0)
         return await _leave_after(events, graph.structurer.structure)
 
     seen = asyncio.run(scenario())

@@ -302,3 +302,25 @@ def test_decoding_is_deterministic_for_the_same_bytes() -> None:
     assert pixel_key(decode_image(data, LIMITS).image) == pixel_key(
         decode_image(io.BytesIO(data).getvalue(), LIMITS).image
     )
+
+
+def test_a_header_past_pillows_own_bomb_limit_quotes_the_configured_limit() -> None:
+    """Pillow refuses a 65535x65535 header itself; the 413 still names our max_pixels."""
+    limits = Limits(max_pixels=12_000_000)
+    with pytest.raises(PayloadTooLarge) as caught:
+        decode_image(png_header_only(65535, 65535), limits)
+    message = caught.value.message
+    assert message == "image is 4294836225 pixels; the limit is 12000000"
+    assert "decompression bomb" not in message.lower()
+
+
+def test_the_probe_refuses_what_the_header_shows_without_decoding() -> None:
+    from serve_app.media.imaging import probe_image
+
+    assert probe_image(encoded(Image.new("RGB", (40, 30)), "PNG"), LIMITS) == "PNG"
+    with pytest.raises(PayloadTooLarge, match="pixels; the limit"):
+        probe_image(png_header_only(20000, 20000), LIMITS)
+    with pytest.raises(PayloadTooLarge, match="bytes; the limit is 1024"):
+        probe_image(b"\x89PNG" + b"\x00" * 2048, Limits(max_bytes=1024))
+    with pytest.raises(UnsupportedMediaType):
+        probe_image(b"<svg xmlns='http://www.w3.org/2000/svg'/>", LIMITS)

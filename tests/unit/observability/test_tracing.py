@@ -113,6 +113,30 @@ def test_file_exporter_writes_one_json_span_per_line(
     assert len(spans[0]["context"]["trace_id"]) == 34  # 0x + 32 hex digits
 
 
+def test_the_periodic_load_reports_are_not_exported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle graph writes no spans: the replicas' reports to the controller are dropped."""
+    monkeypatch.setenv("MEMESERVE_TRACES_DIR", str(tmp_path))
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    provider = TracerProvider()
+    for processor in tracing.span_processors():
+        provider.add_span_processor(processor)
+    for name in (
+        "replica_handle_request LoadController report",
+        "route_to_replica LoadController state",
+        "replica_handle_request LoadController status",  # a /v1/status call: kept
+        "memeserve.http",
+    ):
+        with provider.get_tracer("test").start_as_current_span(name):
+            pass
+    provider.shutdown()
+    (path,) = tmp_path.iterdir()
+    names = [json.loads(line)["name"] for line in path.read_text().splitlines()]
+    assert names == ["replica_handle_request LoadController status", "memeserve.http"]
+
+
 class _Collector(http.server.BaseHTTPRequestHandler):
     received: ClassVar[list[ExportTraceServiceRequest]] = []
 
