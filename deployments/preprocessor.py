@@ -21,7 +21,7 @@ from serve_app.library.store import LibraryHit
 from serve_app.load.degradation import LevelFollower, LevelState
 from serve_app.media.fingerprint import Fingerprinter
 from serve_app.observability.logs import configure_logging, set_request_id
-from serve_app.observability.tracing import stage
+from serve_app.observability.tracing import mark_error, stage
 from serve_app.pipeline.prepare import CacheHit, Prepared, Refused, build_request, key_upload
 
 logger = logging.getLogger(__name__)
@@ -82,6 +82,7 @@ class Preprocessor:
             except ClientError as exc:
                 logger.info("refused %d %s: %s", exc.status, exc.code, exc.message)
                 span.set_attribute("memeserve.error.code", exc.code)
+                mark_error(span, exc)
                 return Refused(exc)
             decoded = keyed.decoded
             row = self._levels.state.row

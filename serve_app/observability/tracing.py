@@ -38,7 +38,7 @@ from opentelemetry.sdk.trace.export import (
     ConsoleSpanExporter,
     SimpleSpanProcessor,
 )
-from opentelemetry.trace import Span, SpanKind
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from serve_app.observability.replica import current_replica
 
@@ -143,6 +143,12 @@ def stage(
         clean["memeserve.deployment"] = deployment
     with _tracer.start_as_current_span(f"memeserve.{name}", kind=kind, attributes=clean) as span:
         yield span
+
+
+def mark_error(span: Span, exc: BaseException) -> None:
+    """Mark ``span`` as failed by ``exc`` when the stage answers with it instead of raising."""
+    span.record_exception(exc)
+    span.set_status(Status(StatusCode.ERROR, str(exc)[:200]))
 
 
 def annotate(attributes: Mapping[str, AttributeValue | None]) -> None:

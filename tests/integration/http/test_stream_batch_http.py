@@ -69,11 +69,19 @@ def test_stream_of_a_repeat_is_a_cache_hit_without_deltas(client: httpx.Client) 
     assert events[2].data["meta"]["cache"]["hit"] is True
 
 
+def test_stream_refuses_what_the_header_shows_before_accepting(client: httpx.Client) -> None:
+    response = client.post("/v1/memes/analyze/stream", files={"image": ("evil.jpg", SVG)})
+    assert response.status_code == 415, response.text
+    assert response.json()["error"]["code"] == "unsupported_media_type"
+
+
 def test_stream_error_after_acceptance_is_an_error_event(client: httpx.Client) -> None:
-    events = stream_events(client, SVG)
+    """A good header over broken pixel data is only found decoding: an ``error`` event."""
+    whole = sarcastic_meme(31)
+    events = stream_events(client, whole[: len(whole) // 2])
     assert [event.event for event in events] == ["accepted", "error"]
-    assert events[1].data["status"] == 415
-    assert events[1].data["error"]["code"] == "unsupported_media_type"
+    assert events[1].data["status"] == 400
+    assert events[1].data["error"]["code"] == "bad_input"
     assert events[1].data["error"]["request_id"] == events[0].data["request_id"]
 
 
