@@ -36,6 +36,7 @@ from serve_app.http.headers import (
     REQUEST_TIMEOUT_HEADER,
     caller_deadline_s,
     choose_request_id,
+    header,
 )
 from serve_app.http.text_errors import JsonErrors, Replacement, error_messages
 
@@ -123,14 +124,12 @@ class EdgeMiddleware:
             await self.app(scope, receive, send)
             return
         headers: list[tuple[bytes, bytes]] = list(scope.get("headers", []))
-        incoming = next((v for k, v in headers if k.lower() == _REQUEST_ID), None)
-        request_id = choose_request_id(incoming.decode("latin-1") if incoming else None)
+        request_id = choose_request_id(header(headers, _REQUEST_ID))
         headers = [(k, v) for k, v in headers if k.lower() != _REQUEST_ID]
         headers.append((_REQUEST_ID, request_id.encode("latin-1")))
         scope = {**scope, "headers": headers}
-        timeout = next((v for k, v in headers if k.lower() == _TIMEOUT), None)
         try:
-            caller_deadline_s(timeout.decode("latin-1") if timeout is not None else None)
+            caller_deadline_s(header(headers, _TIMEOUT))
         except BadInput as exc:
             echo = [(b"x-request-id", request_id.encode("latin-1"))]
             for message in error_messages(exc.status, exc.code, exc.message, request_id, echo):

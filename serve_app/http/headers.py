@@ -27,6 +27,11 @@ CORS_EXPOSE_HEADERS = (REQUEST_ID_HEADER, TRACE_ID_HEADER, "retry-after")
 _VALID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+def header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
+    """The first value of header ``name`` (lower-case bytes) in ASGI ``headers``, or None."""
+    return next((v.decode("latin-1") for k, v in headers if k.lower() == name), None)
+
+
 def choose_request_id(incoming: str | None) -> str:
     """The caller's id if it is 1-128 safe characters, else a fresh one."""
     if incoming and _VALID.match(incoming):

@@ -14,6 +14,7 @@ from serve_app.http.headers import (
     TRACE_ID_HEADER,
     caller_deadline_s,
     choose_request_id,
+    header,
 )
 from serve_app.observability.logs import set_request_id
 from serve_app.observability.metrics import count_request
@@ -42,11 +43,7 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == _REQUEST_ID),
-            None,
-        )
-        request_id = choose_request_id(incoming)
+        request_id = choose_request_id(header(scope["headers"], _REQUEST_ID))
         set_request_id(request_id)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
@@ -72,12 +69,7 @@ class RequestIdMiddleware:
 
             try:
                 # One rule for the deadline header on every route (400 when malformed).
-                caller_deadline_s(
-                    next(
-                        (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == _TIMEOUT),
-                        None,
-                    )
-                )
+                caller_deadline_s(header(scope["headers"], _TIMEOUT))
                 await self.app(scope, receive, tracking_send)
             except Exception as exc:
                 if started:

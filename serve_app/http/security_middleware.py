@@ -13,7 +13,7 @@ from serve_app.config.models import SecurityArgs
 from serve_app.errors import Forbidden, MemeServeError, TooManyRequests, Unauthorized
 from serve_app.http.auth import Guard, Verdict
 from serve_app.http.errors import error_response
-from serve_app.http.headers import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS
+from serve_app.http.headers import CORS_ALLOW_HEADERS, CORS_EXPOSE_HEADERS, header
 from serve_app.http.text_errors import JsonErrors, Replacement
 
 _PREFLIGHT_REFUSED = {400: Replacement(400, "cors_refused")}
@@ -83,10 +83,7 @@ class SecurityMiddleware:
     async def _guarded(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = _security
         assert state is not None
-        authorization = next(
-            (v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"authorization"),
-            None,
-        )
+        authorization = header(scope["headers"], b"authorization")
         verdict, wait_s = state.guard.check(scope["path"], authorization)
         if verdict is None:
             await self.app(scope, receive, send)

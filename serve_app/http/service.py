@@ -263,11 +263,7 @@ class IngressService:
             yield sse("result", finish(result, request_id, started))
             return
         with self._admitted(), cancelled_with_caller() as calls:
-            prepared = await calls.add(
-                self._preprocessor.prepare.remote(data, text, request_id, deadline, upload)
-            )
-            if isinstance(prepared, Refused):
-                raise prepared.error
+            prepared = await self._prepare(calls, data, text, request_id, deadline, upload)
             if isinstance(prepared, CacheHit):
                 result = from_cache(prepared)
                 yield sse("cache", result["meta"]["cache"])
@@ -313,11 +309,7 @@ class IngressService:
         if hit is not None:
             return from_cache(hit)
         with self._admitted(), cancelled_with_caller() as calls:
-            prepared = await calls.add(
-                self._preprocessor.prepare.remote(data, text, request_id, deadline, upload)
-            )
-            if isinstance(prepared, Refused):
-                raise prepared.error
+            prepared = await self._prepare(calls, data, text, request_id, deadline, upload)
             if isinstance(prepared, CacheHit):
                 return from_cache(prepared)
             # The DeploymentResponse goes straight to the Structurer as a top-level argument.
@@ -328,6 +320,23 @@ class IngressService:
                 )
             )
         return analysis
+
+    async def _prepare(
+        self,
+        calls: Calls,
+        data: bytes,
+        text: str | None,
+        request_id: str,
+        deadline: float,
+        upload: str | None,
+    ) -> Prepared | CacheHit:
+        """The Preprocessor's answer; a refusal it returns is raised here, as the response."""
+        prepared = await calls.add(
+            self._preprocessor.prepare.remote(data, text, request_id, deadline, upload)
+        )
+        if isinstance(prepared, Refused):
+            raise prepared.error
+        return prepared
 
     async def _resent(self, data: bytes, text: str | None) -> tuple[CacheHit | None, str | None]:
         """The stored answer for bytes sent before (no decoding), and the upload's key."""
