@@ -169,9 +169,11 @@ class LiteEngine(Engine):
             raise EngineError(f"lite engine failed: {type(exc).__name__}") from exc
         finally:
             self._in_flight -= 1
-        if request.deadline is not None and time.time() > request.deadline:
+        try:
+            request.check_deadline()
+        except DeadlineExceeded:
             self._aborted += 1
-            raise DeadlineExceeded("the request deadline passed before the engine finished")
+            raise
         return EngineOutput(
             text=text,
             engine=self.name,

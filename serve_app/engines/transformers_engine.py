@@ -464,9 +464,11 @@ class TransformersEngine(Engine):
                 yield item
             await task
             finished = True
-            if request.deadline is not None and time.time() > request.deadline:
+            try:
+                request.check_deadline()
+            except DeadlineExceeded:
                 self._stopped_early([job])
-                raise DeadlineExceeded("the request deadline passed during generation")
+                raise
         finally:
             if not finished:
                 # The consumer left mid-stream: stop generating at the next token.

@@ -23,7 +23,6 @@ Responses of the app (JSON already) pass untouched. It imports no Ray, no FastAP
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 from typing import Any
 
@@ -38,7 +37,7 @@ from serve_app.http.headers import (
     choose_request_id,
     header,
 )
-from serve_app.http.text_errors import JsonErrors, Replacement, error_messages
+from serve_app.http.text_errors import JsonErrors, Replacement, error_body, error_messages
 
 logger = logging.getLogger(__name__)
 
@@ -67,9 +66,7 @@ def proxy_middlewares() -> list[Middleware]:
 
 def _parse_error_response(message: str) -> bytes:
     request_id = choose_request_id(None)
-    body = json.dumps(
-        {"error": {"code": "bad_request", "message": message, "request_id": request_id}}
-    ).encode("utf-8")
+    body = error_body("bad_request", message, request_id)
     head = (
         "HTTP/1.1 400 Bad Request\r\n"
         "content-type: application/json\r\n"

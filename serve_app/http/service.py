@@ -30,6 +30,7 @@ from serve_app.media.imaging import probe_image
 from serve_app.observability.metrics import observe_stages
 from serve_app.observability.tracing import annotate, stage
 from serve_app.pipeline.prepare import CacheHit, Prepared, Refused, limits_from, request_scope
+from serve_app.understanding.context_text import check_context_length
 
 logger = logging.getLogger(__name__)
 
@@ -204,11 +205,7 @@ class IngressService:
     ) -> dict[str, Any]:
         started = time.perf_counter()
         try:
-            if item.text is not None and len(item.text) > self.args.limits.max_text_chars:
-                raise SchemaError(
-                    f"text is {len(item.text)} characters; "
-                    f"the limit is {self.args.limits.max_text_chars}"
-                )
+            check_context_length(item.text, self.args.limits.max_text_chars)
             data = decode_base64_image(item.image_base64)
             result = await self.analyze(data, item.text, item_request_id, started, timeout)
         except Exception as exc:
@@ -222,9 +219,7 @@ class IngressService:
         The stream route calls it before the stream opens, so these refusals are plain
         HTTP errors (413/415/422/400), never an ``error`` event after ``accepted``.
         """
-        limit = self.args.limits.max_text_chars
-        if text is not None and len(text) > limit:
-            raise SchemaError(f"text is {len(text)} characters; the limit is {limit}")
+        check_context_length(text, self.args.limits.max_text_chars)
         limits = limits_from(self.args)
         if len(data) > _HASH_INLINE_BYTES:
             await asyncio.to_thread(probe_image, data, limits)

@@ -29,13 +29,17 @@ class Replacement:
     """Added as ``Retry-After`` unless the response has one."""
 
 
+def error_body(code: str, message: str, request_id: str) -> bytes:
+    """``{"error": {"code", "message", "request_id"}}`` as the bytes of a response body."""
+    detail = {"code": code, "message": message, "request_id": request_id}
+    return json.dumps({"error": detail}).encode("utf-8")
+
+
 def error_messages(
     status: int, code: str, message: str, request_id: str, headers: list[tuple[bytes, bytes]]
 ) -> list[Message]:
     """The ASGI messages of a JSON error response with ``headers`` kept."""
-    body = json.dumps(
-        {"error": {"code": code, "message": message, "request_id": request_id}}
-    ).encode("utf-8")
+    body = error_body(code, message, request_id)
     kept = [(k, v) for k, v in headers if k.lower() not in (b"content-type", b"content-length")]
     return [
         {

@@ -15,7 +15,7 @@ import numpy as np
 
 from serve_app.config.models import AppArgs, LevelArgs
 from serve_app.engines.base import EngineRequest
-from serve_app.errors import ClientError, SchemaError
+from serve_app.errors import ClientError
 from serve_app.library.store import StoreKey, scope_of
 from serve_app.load.degradation import image_budget
 from serve_app.media.fingerprint import Fingerprinter
@@ -27,7 +27,11 @@ from serve_app.media.imaging import (
     visual_tokens,
 )
 from serve_app.understanding.analysis import ImageInfo
-from serve_app.understanding.context_text import normalise_context, truncate_context
+from serve_app.understanding.context_text import (
+    check_context_length,
+    normalise_context,
+    truncate_context,
+)
 from serve_app.understanding.structuring import StructureContext
 
 
@@ -115,10 +119,7 @@ def key_upload(
     :class:`SchemaError` for an over-long context text.
     """
     started = time.perf_counter()
-    if text is not None and len(text) > args.limits.max_text_chars:
-        raise SchemaError(
-            f"text is {len(text)} characters; the limit is {args.limits.max_text_chars}"
-        )
+    check_context_length(text, args.limits.max_text_chars)
     decoded = decode_image(data, limits_from(args))
     context = normalise_context(text)
     key = StoreKey(

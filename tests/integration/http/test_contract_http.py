@@ -165,9 +165,13 @@ def test_a_cors_refusal_is_the_json_error(client: httpx.Client) -> None:
     assert "origin" in error["message"].lower()
 
 
-def _raw(base_url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+def _connect(base_url: str) -> socket.socket:
     parts = urlsplit(base_url)
-    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), 10) as sock:
+    return socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), 10)
+
+
+def _raw(base_url: str, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    with _connect(base_url) as sock:
         sock.sendall(request)
         data = b""
         while chunk := sock.recv(65536):
@@ -225,8 +229,7 @@ def _leave_during_the_engine(base_url: str, data: bytes, status: httpx.Client) -
     )
     body = request.read()
     head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
-    parts = urlsplit(base_url)
-    sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), 10)
+    sock = _connect(base_url)
     try:
         sock.sendall(f"POST /v1/memes/analyze HTTP/1.1\r\n{head}\r\n".encode("latin-1") + body)
         deadline = time.monotonic() + 30
