@@ -1,15 +1,17 @@
 """The curated slang / meme lexicon (``data/slang_lexicon.yaml`` here) and its matcher.
 
-Text is compared in a folded form — NFKC, lower case, whitespace and punctuation
-removed — so ``你说得对，但是`` matches the entry ``你说得对但是``. Entries marked
-``standalone`` (one-character terms such as ``典``) count only when they form a whole
-token on their own, so they do not fire inside ordinary words (``字典``).
+Text and every form are compared in the one matching form of
+:func:`serve_app.understanding.normalize.normalize` — NFKC, traditional → simplified,
+lower case, separators and invisible characters removed, pinyin abbreviations expanded —
+so ``你说得对，但是``, ``你說得對，但是`` and ``nsdd，但是`` all match the entry
+``你说得对但是``. Entries marked ``standalone`` (one-character terms such as ``典``) count
+only when they form a whole token on their own, so they do not fire inside ordinary words
+(``字典``). All forms are found in one pass by an Aho–Corasick automaton.
 """
 
 from __future__ import annotations
 
-import re
-import unicodedata
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -20,6 +22,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve_app.understanding.labels import Emotion, Intent
+from serve_app.understanding.normalize import normalize, normalize_tokens
+from serve_app.understanding.terms import KeywordAutomaton
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_LEXICON: Final[str] = "slang_lexicon.yaml"
 
@@ -57,52 +63,39 @@ class LexiconHit:
     matched: str
 
 
-_SEPARATORS = re.compile(r"[\s\u3000]+")
-
-
-def fold(text: str) -> str:
-    """Matching form: NFKC, lower case, no whitespace, punctuation or symbols."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    return "".join(ch for ch in text if unicodedata.category(ch)[0] not in "PZSC")
-
-
-def tokens(text: str) -> list[str]:
-    """Folded pieces of ``text`` between whitespace and punctuation."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    pieces: list[str] = []
-    current: list[str] = []
-    for ch in text:
-        if unicodedata.category(ch)[0] in "PZSC":
-            if current:
-                pieces.append("".join(current))
-                current = []
-        else:
-            current.append(ch)
-    if current:
-        pieces.append("".join(current))
-    return pieces
-
-
 class Lexicon:
     """A loaded lexicon; :meth:`find` returns the entries present in a text."""
 
     def __init__(self, entries: Iterable[LexiconEntry]) -> None:
+        """Index the entries' forms; ValueError for an empty form or one shared by two entries.
+
+        Two forms of the *same* entry that normalise alike (``yygq`` and ``阴阳怪气``) are
+        kept once.
+        """
         self.entries: tuple[LexiconEntry, ...] = tuple(entries)
-        self._forms: list[tuple[str, LexiconEntry]] = []
-        seen: dict[str, str] = {}
-        for entry in self.entries:
+        self._forms: dict[str, LexiconEntry] = {}
+        owners: dict[str, int] = {}
+        for index, entry in enumerate(self.entries):
             for form in (entry.term, *entry.aliases):
-                key = fold(form)
+                key = normalize(form)
                 if not key:
                     raise ValueError(f"lexicon entry {entry.term!r} has an empty form {form!r}")
-                if key in seen:
+                owner = owners.get(key)
+                if owner == index:
+                    continue
+                if owner is not None:
                     raise ValueError(
-                        f"lexicon form {form!r} of {entry.term!r} duplicates {seen[key]!r}"
+                        f"lexicon form {form!r} of {entry.term!r} duplicates "
+                        f"{self.entries[owner].term!r} (both read {key!r})"
                     )
-                seen[key] = entry.term
-                self._forms.append((key, entry))
-        # Longest forms first so that "破大防" is preferred over a shorter overlapping form.
-        self._forms.sort(key=lambda item: len(item[0]), reverse=True)
+                owners[key] = index
+                self._forms[key] = entry
+        # Longest forms first (ties in file order) so that "破大防" is preferred over a
+        # shorter overlapping form.
+        self._rank: dict[str, int] = {
+            key: rank for rank, key in enumerate(sorted(self._forms, key=len, reverse=True))
+        }
+        self._automaton: KeywordAutomaton[LexiconEntry] = KeywordAutomaton(self._forms)
 
     @classmethod
     def load(cls, path: Path | None = None) -> Lexicon:
@@ -126,32 +119,34 @@ class Lexicon:
     def find(self, *texts: str | None) -> list[LexiconHit]:
         """Entries found in any of ``texts``, each once, in order of first appearance.
 
-        A form that only occurs inside a longer form already matched (``破防`` inside
-        ``破大防``) does not count again.
+        Each text is normalised (:func:`~serve_app.understanding.normalize.normalize`)
+        and searched once. Longer forms are matched first, and a form that only occurs
+        inside occurrences of longer forms already matched (``破防`` inside ``破大防``)
+        does not count again. A ``standalone`` form counts only where it is a whole
+        token of the text.
         """
         hits: dict[str, tuple[int, LexiconHit]] = {}
         for text_index, text in enumerate(t for t in texts if t):
-            folded = fold(text)
+            pieces = normalize_tokens(text)
+            folded = "".join(pieces)
+            whole_tokens = set(pieces)
+            starts: dict[str, list[int]] = {}
+            for start, key, _ in self._automaton.finditer(folded):
+                starts.setdefault(key, []).append(start)
             covered = [False] * len(folded)
-            whole_tokens = set(tokens(text))
-            for key, entry in self._forms:
-                if entry.term in hits or (entry.standalone and key not in whole_tokens):
+            for key in sorted(starts, key=self._rank.__getitem__):
+                entry = self._forms[key]
+                if entry.standalone and key not in whole_tokens:
                     continue
-                position = _first_uncovered(folded, key, covered)
-                if position < 0:
+                size = len(key)
+                fresh = [s for s in starts[key] if not all(covered[s : s + size])]
+                if not fresh:
                     continue
-                for i in range(position, position + len(key)):
-                    covered[i] = True
-                order = text_index * 1_000_000 + position
-                hits[entry.term] = (order, LexiconHit(entry=entry, matched=key))
+                # Every occurrence counts as matched, so no shorter form fires inside
+                # a second one (or inside one of an entry already found).
+                for start in fresh:
+                    covered[start : start + size] = [True] * size
+                if entry.term not in hits:
+                    order = text_index * 1_000_000 + fresh[0]
+                    hits[entry.term] = (order, LexiconHit(entry=entry, matched=key))
         return [hit for _, hit in sorted(hits.values(), key=lambda item: item[0])]
-
-
-def _first_uncovered(folded: str, key: str, covered: list[bool]) -> int:
-    """Start of the first occurrence of ``key`` not wholly inside matched spans, or -1."""
-    start = folded.find(key)
-    while start >= 0:
-        if not all(covered[start : start + len(key)]):
-            return start
-        start = folded.find(key, start + 1)
-    return -1
