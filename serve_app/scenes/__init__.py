@@ -1,0 +1,1 @@
+"""Scenes: per-scene policies, term and image lists, human reviews (framework-free)."""
