@@ -38,7 +38,7 @@ LOADTEST_ARGS ?=
 URL ?=
 
 .PHONY: help install run test test-unit test-integration test-e2e check lint typecheck imports \
-        check-config bench bench-engine bench-dedupe bench-overload fault-drill loadtest system-deps clean \
+        check-config bench bench-engine bench-scenes bench-dedupe bench-overload fault-drill loadtest system-deps clean \
         clean-library vllm-contract-env tiny-glm4v
 
 help:
@@ -59,6 +59,7 @@ help:
 	@echo "make bench              latency of the running graph (starts the CPU profile itself)"
 	@echo "make loadtest           Locust against URL=... (or the CPU profile it starts); report in artifacts/loadtest/"
 	@echo "make bench-dedupe       near-duplicate recall, false merges, lookup time (this project vs pHash/dHash)"
+	@echo "make bench-scenes       term-list matching and image-list lookups at 10^3 and 10^5 entries"
 	@echo "make bench-overload     ~3x overload with the load controller off, then on"
 	@echo "make fault-drill        kill a VLM replica under load: every request answered or an explicit error"
 	@echo "make bench-engine       GLM-4.6V-Flash-sized random model via the transformers engine (CUDA GPU)"
@@ -143,6 +144,10 @@ bench: install system-deps
 
 loadtest: install system-deps
 	$(PY) -m loadtest.run_loadtest $(if $(URL),--url $(URL),--config $(CONFIG)) $(LOADTEST_ARGS)
+
+bench-scenes: install system-deps
+	$(PY) -m loadtest.bench_terms
+	$(PY) -m loadtest.bench_image_lists
 
 bench-dedupe: install system-deps
 	$(PY) -m loadtest.bench_dedupe $(BENCH_DEDUPE_ARGS)

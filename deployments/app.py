@@ -14,7 +14,7 @@ from deployments.load_controller import LoadController
 from deployments.preprocessor import Preprocessor
 from deployments.structurer import Structurer
 from deployments.vlm_pool import VLMPool
-from serve_app.config.models import AppArgs, ControllerUserConfig
+from serve_app.config.models import AppArgs, ControllerUserConfig, IngressUserConfig
 
 
 def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
@@ -30,8 +30,10 @@ def build_app(args: dict[str, Any] | AppArgs | None = None) -> Application:
 def build_graph(
     args: dict[str, Any] | AppArgs | None = None,
     controller_config: dict[str, Any] | ControllerUserConfig | None = None,
+    ingress_config: dict[str, Any] | None = None,
 ) -> Application:
-    """:func:`build_app` with the LoadController's initial ``user_config`` (``serve.run``)."""
+    """:func:`build_app` with the LoadController's and the Ingress's (scene policies)
+    initial ``user_config`` (``serve.run``)."""
     try:
         parsed = args if isinstance(args, AppArgs) else AppArgs.model_validate(args or {})
     except ValidationError as exc:
@@ -51,11 +53,18 @@ def build_graph(
         )
     plain = parsed.model_dump(mode="json")
     controller = controller_deployment.bind()
-    store = _deployment(FingerprintStore).bind(plain["cache"])
+    store = _deployment(FingerprintStore).bind(plain["cache"], plain["scenes"])
     preprocessor = _deployment(Preprocessor).bind(plain, store, controller)
     vlm_pool = _deployment(VLMPool).bind(plain, controller)
     structurer = _deployment(Structurer).bind(store)
-    return _deployment(Ingress).bind(plain, preprocessor, vlm_pool, structurer, store, controller)
+    ingress = _deployment(Ingress)
+    if ingress_config is not None:
+        try:
+            policies = IngressUserConfig.model_validate(ingress_config)
+        except ValidationError as exc:
+            raise ValueError(f"invalid Ingress user_config: {exc}") from exc
+        ingress = ingress.options(user_config=policies.model_dump(mode="json"))
+    return ingress.bind(plain, preprocessor, vlm_pool, structurer, store, controller)
 
 
 def _deployment(decorated: object) -> Deployment:

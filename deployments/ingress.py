@@ -7,8 +7,9 @@ from typing import Any
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.config.models import AppArgs
-from serve_app.http.api import app, bind_service
+from serve_app.config.models import AppArgs, IngressUserConfig
+from serve_app.http.api import app
+from serve_app.http.current import bind_service
 from serve_app.http.security_middleware import configure_security
 from serve_app.http.service import IngressService
 from serve_app.observability.logs import configure_logging
@@ -51,15 +52,18 @@ class Ingress:
         configure_logging()
         parsed = AppArgs.model_validate(args)
         configure_security(parsed.security)
-        bind_service(
-            IngressService(
-                parsed,
-                preprocessor=preprocessor,
-                vlm_pool=vlm_pool,
-                structurer=structurer,
-                store=store,
-                controller=controller,
-                source=replica_tag(),
-                replicas=_replica_summary,
-            )
+        self._service = IngressService(
+            parsed,
+            preprocessor=preprocessor,
+            vlm_pool=vlm_pool,
+            structurer=structurer,
+            store=store,
+            controller=controller,
+            source=replica_tag(),
+            replicas=_replica_summary,
         )
+        bind_service(self._service)
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """Apply the scene policies of ``user_config`` live (strict; no replica restart)."""
+        self._service.scenes.reconfigure(IngressUserConfig.model_validate(user_config))

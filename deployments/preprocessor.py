@@ -8,6 +8,7 @@ looked up before any resizing; on a miss the upload is resized to the level's bu
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -17,12 +18,21 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.config.models import AppArgs
 from serve_app.errors import ClientError
-from serve_app.library.store import LibraryHit
 from serve_app.load.degradation import LevelFollower, LevelState
 from serve_app.media.fingerprint import Fingerprinter
+from serve_app.media.imaging import thumbnail_jpeg
 from serve_app.observability.logs import configure_logging, set_request_id
 from serve_app.observability.tracing import mark_error, stage
-from serve_app.pipeline.prepare import CacheHit, Prepared, Refused, build_request, key_upload
+from serve_app.pipeline.prepare import (
+    CacheHit,
+    Fingerprinted,
+    Keyed,
+    Prepared,
+    Refused,
+    build_request,
+    key_upload,
+)
+from serve_app.scenes.lookup import Looked
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +81,7 @@ class Preprocessor:
             # Decoding and hashing are CPU work (Pillow and numpy release the GIL): keep
             # the event loop free.
             try:
-                keyed = await asyncio.to_thread(
-                    key_upload,
-                    data,
-                    text,
-                    args=self._args,
-                    fingerprinter=self._fingerprinter,
-                    upload=upload,
-                )
+                keyed, thumbnail = await asyncio.to_thread(self._key, data, text, upload)
             except ClientError as exc:
                 logger.info("refused %d %s: %s", exc.status, exc.code, exc.message)
                 span.set_attribute("memeserve.error.code", exc.code)
@@ -95,8 +98,12 @@ class Preprocessor:
                     "memeserve.level": row.level,
                 }
             )
-            if self._args.cache.enabled:
-                hit: LibraryHit | None = await self._store.lookup.remote(keyed.key, row.level)
+            looked = Looked(None)
+            if self._args.cache.enabled or self._args.scenes.enabled:
+                looked = await self._store.lookup.remote(
+                    keyed.key, row.level, request_id, thumbnail
+                )
+                hit = looked.hit
                 span.set_attribute("memeserve.cache.match", hit.match if hit else "miss")
                 if hit is not None:
                     logger.info("%s cache hit (distance %d)", hit.match, hit.distance)
@@ -106,6 +113,7 @@ class Preprocessor:
                         preprocess_ms=(time.perf_counter() - keyed.started) * 1000.0,
                         match=hit.match,
                         distance=hit.distance,
+                        marks=looked.marks,
                     )
             prepared = await asyncio.to_thread(
                 build_request,
@@ -121,4 +129,21 @@ class Preprocessor:
                     "memeserve.image.analysed_height": prepared.image.analysed_height or 0,
                 }
             )
-            return prepared
+            return dataclasses.replace(prepared, marks=looked.marks)
+
+    def _key(self, data: bytes, text: str | None, upload: str | None) -> tuple[Keyed, bytes | None]:
+        """The keyed upload and, when scenes are on, its thumbnail (worker thread)."""
+        keyed = key_upload(
+            data, text, args=self._args, fingerprinter=self._fingerprinter, upload=upload
+        )
+        thumbnail = thumbnail_jpeg(keyed.decoded.image) if self._args.scenes.enabled else None
+        return keyed, thumbnail
+
+    async def fingerprint(self, data: bytes) -> Fingerprinted | Refused:
+        """Validate, decode and fingerprint an image for a list entry or a review."""
+        try:
+            keyed, thumbnail = await asyncio.to_thread(self._key, data, None, None)
+        except ClientError as exc:
+            logger.info("refused %d %s: %s", exc.status, exc.code, exc.message)
+            return Refused(exc)
+        return Fingerprinted(keyed.key.fingerprint.to_bytes(), thumbnail)

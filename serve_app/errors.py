@@ -70,6 +70,13 @@ class Forbidden(ClientError):
     code = "forbidden"
 
 
+class NotFound(ClientError):
+    """A named thing (a kept decision, a list entry) does not exist."""
+
+    status = 404
+    code = "not_found"
+
+
 class PayloadTooLarge(ClientError):
     """Too many bytes, or too many pixels (decompression bombs land here)."""
 

@@ -16,7 +16,12 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from serve_app.config.models import AppArgs, ControllerUserConfig, StructurerUserConfig
+from serve_app.config.models import (
+    AppArgs,
+    ControllerUserConfig,
+    IngressUserConfig,
+    StructurerUserConfig,
+)
 from serve_app.config.unknown_keys import unknown_keys
 
 UserConfigT = TypeVar("UserConfigT", bound=BaseModel)
@@ -25,7 +30,7 @@ IMPORT_PATH = "deployments.app:build_app"
 
 # Deployments of the graph and the model their user_config must satisfy (None: takes none).
 DEPLOYMENT_USER_CONFIG: dict[str, type[BaseModel] | None] = {
-    "Ingress": None,
+    "Ingress": IngressUserConfig,
     "Preprocessor": None,
     "VLMPool": None,
     "Structurer": StructurerUserConfig,

@@ -463,6 +463,8 @@ class CacheArgs(StrictModel):
 
 _SHA256_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
 
+KeyScope = Literal["analyze", "admin"]
+
 
 class ApiKeyArgs(StrictModel):
     """One accepted API key, configured by its SHA-256 digest (never the plaintext)."""
@@ -479,6 +481,12 @@ class ApiKeyArgs(StrictModel):
     )
     burst: int = Field(
         10, ge=1, le=100_000, description="Token bucket size: requests allowed in a burst."
+    )
+    scopes: tuple[KeyScope, ...] = Field(
+        ("analyze",),
+        min_length=1,
+        description="What the key may do: analyze (the analysis routes, status) and admin "
+        "(also term and image lists, reviews, decisions: /v1/lists, /v1/reviews, /v1/decisions).",
     )
 
     @field_validator("sha256")
@@ -512,28 +520,85 @@ class SecurityArgs(StrictModel):
     env_burst: int = Field(
         10, ge=1, le=100_000, description="Token bucket size for each key from api_keys_env."
     )
+    admin_keys_env: str | None = Field(
+        None,
+        min_length=1,
+        description="Name of an environment variable of comma-separated plaintext keys with "
+        "the admin scope (named admin-1, admin-2, …; no rate limit); null: none.",
+    )
     cors_allow_origins: tuple[str, ...] = Field(
         (),
         description="Origins allowed by CORS (exact, e.g. https://app.example); empty: "
         "no CORS headers at all.",
     )
     public_paths: tuple[str, ...] = Field(
-        ("/", "/healthz", "/readyz", "/docs", *DOCS_ASSET_PATHS, "/openapi.json"),
+        ("/", "/review", "/healthz", "/readyz", "/docs", *DOCS_ASSET_PATHS, "/openapi.json"),
         description="Exact paths that never need a key.",
     )
 
     @model_validator(mode="after")
     def _keys_present(self) -> SecurityArgs:
-        if self.require_api_key and not self.api_keys and not self.api_keys_env:
+        if (
+            self.require_api_key
+            and not self.api_keys
+            and not self.api_keys_env
+            and not self.admin_keys_env
+        ):
             raise ValueError(
-                "security.require_api_key is true but neither api_keys nor api_keys_env is set"
+                "security.require_api_key is true but none of api_keys, api_keys_env and "
+                "admin_keys_env is set"
             )
         names = [key.name for key in self.api_keys]
         if len(set(names)) != len(names):
             raise ValueError("security.api_keys names must be unique")
         if any(name.startswith("env-") for name in names) and self.api_keys_env:
             raise ValueError("names starting with 'env-' are reserved for keys from api_keys_env")
+        if any(name.startswith("admin-") for name in names) and self.admin_keys_env:
+            raise ValueError(
+                "names starting with 'admin-' are reserved for keys from admin_keys_env"
+            )
         return self
+
+
+class ScenesArgs(StrictModel):
+    """Term and image lists, reviews and decisions: where they persist and how many are kept."""
+
+    enabled: bool = Field(
+        True, description="Policies beyond default, lists and reviews; false: default only."
+    )
+    backend: Literal["memory", "sqlite", "redis"] | None = Field(
+        None,
+        description="Where the lists and reviews persist (an append-only log); null: the "
+        "library's backend (cache.backend, with cache.redis_url for redis).",
+    )
+    sqlite_path: Path = Field(
+        Path(".memeserve/scenes.sqlite3"),
+        description="SQLite file of the lists and reviews (relative to the start directory).",
+    )
+    redis_prefix: str = Field(
+        "memeserve:",
+        min_length=1,
+        description="Key prefix in Redis (cache.redis_url); the log adds scenes: to it.",
+    )
+    sync_period_s: float = Field(
+        1.0,
+        gt=0,
+        le=3600,
+        description="Seconds between pulls of list changes (other writers, the Ingress's copy "
+        "of the term lists).",
+    )
+    decisions_kept: int = Field(
+        10_000,
+        ge=10,
+        le=1_000_000,
+        description="Recent decisions kept in memory for /v1/decisions, /review and reviews "
+        "by request_id (with a small thumbnail each, ~4 KB).",
+    )
+
+    @field_validator("sqlite_path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
 
 
 class AppArgs(StrictModel):
@@ -545,12 +610,23 @@ class AppArgs(StrictModel):
     security: SecurityArgs = Field(
         default_factory=SecurityArgs, description="API keys, rate limits and CORS."
     )
+    scenes: ScenesArgs = Field(
+        default_factory=ScenesArgs,
+        description="Term and image lists, reviews, decisions (policies: the Ingress's "
+        "user_config).",
+    )
     request_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
         60.0, description="Deadline for one analysis end to end (else 504)."
     )
     prompt_version: str = Field(
         PROMPT_VERSION, min_length=1, description="Prompt version; part of the cache key."
     )
+
+    @model_validator(mode="after")
+    def _scenes_backend(self) -> AppArgs:
+        if self.scenes.backend == "redis" and not self.cache.redis_url:
+            raise ValueError("scenes.backend 'redis' needs cache.redis_url")
+        return self
 
 
 class RiskThresholds(StrictModel):
@@ -576,3 +652,155 @@ class StructurerUserConfig(StrictModel):
     explanation_max_chars: int = Field(
         300, ge=0, le=2000, description="Hard cap on the explanation, whatever the level."
     )
+
+
+# --------------------------------------------------------------------------- scenes
+# Policies (issue "Scenes"): the Ingress's user_config, live through `serve deploy`.
+
+ListAction = Literal["block", "review", "pass"]
+_NAME = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+DEFAULT_POLICY = "default"
+_LEVELS: tuple[str, ...] = ("none", "low", "medium", "high")
+_EMOTIONS = (
+    "happiness",
+    "excitement",
+    "love",
+    "anger",
+    "sorrow",
+    "fear",
+    "disgust",
+    "surprise",
+    "sarcasm",
+    "neutral",
+)
+_INTENTS = ("interactive", "expressive", "entertaining", "offensive", "complaint", "other")
+
+
+class RuleCondition(StrictModel):
+    """What an answer must show for a rule to apply; every field given must hold."""
+
+    emotion: tuple[str, ...] | None = Field(None, description="Any of these emotions.")
+    intent: tuple[str, ...] | None = Field(None, description="Any of these intents.")
+    sarcastic: bool | None = Field(None, description="Sarcastic (true) or not (false).")
+    min_offensiveness: int | None = Field(None, ge=0, le=3, description="Offensiveness ≥ this.")
+    max_offensiveness: int | None = Field(None, ge=0, le=3, description="Offensiveness ≤ this.")
+    min_confidence: float | None = Field(None, ge=0, le=1, description="Confidence ≥ this.")
+    risk_level: tuple[str, ...] | None = Field(
+        None, description="Any of these risk levels (none/low/medium/high)."
+    )
+
+    @model_validator(mode="after")
+    def _known_labels(self) -> RuleCondition:
+        for field, allowed in (
+            ("emotion", _EMOTIONS),
+            ("intent", _INTENTS),
+            ("risk_level", _LEVELS),
+        ):
+            unknown = [v for v in getattr(self, field) or () if v not in allowed]
+            if unknown:
+                raise ValueError(f"{field}: unknown {unknown}; known: {list(allowed)}")
+        return self
+
+
+class PolicyRule(StrictModel):
+    """``when`` the answer matches, decide ``action`` (first such rule wins) and add ``tags``."""
+
+    when: RuleCondition = Field(description="The condition.")
+    action: str | None = Field(None, description="The action it decides (of the policy's).")
+    tags: tuple[str, ...] = Field((), description="Tags it adds (every matching rule adds).")
+    name: str | None = Field(None, description="Shown in the reasons; default: rule N.")
+
+    @model_validator(mode="after")
+    def _does_something(self) -> PolicyRule:
+        if self.action is None and not self.tags:
+            raise ValueError("a rule needs an action, tags or both")
+        return self
+
+
+class ListActions(StrictModel):
+    """The policy's action for a block-list hit and for a review-list hit."""
+
+    block: str = Field("block", description="Action when a block-list term or image matches.")
+    review: str = Field("tag", description="Least action when a review-list term or image matches.")
+
+
+class PolicyArgs(StrictModel):
+    """One scene's policy: its action vocabulary, thresholds, rules and lists."""
+
+    description: str = Field("", description="What the scene is (shown in /v1/policies).")
+    actions: tuple[str, ...] = Field(
+        ("pass", "throttle", "tag", "block"),
+        min_length=1,
+        description="The action vocabulary, mildest first (the first is what a pass-list hit "
+        "gives).",
+    )
+    level_actions: dict[str, str] = Field(
+        default_factory=lambda: {
+            "none": "pass",
+            "low": "throttle",
+            "medium": "tag",
+            "high": "block",
+        },
+        description="Action for each risk level (none/low/medium/high) when no rule decides.",
+    )
+    thresholds: RiskThresholds | None = Field(
+        None,
+        description="Risk levels from offensiveness × confidence for this policy; null: the "
+        "Structurer's (the answer's own risk level).",
+    )
+    rules: tuple[PolicyRule, ...] = Field(
+        (), description="Checked in order: the first with an action decides; all add tags."
+    )
+    term_lists: tuple[str, ...] = Field((), description="Term lists this policy consults.")
+    image_lists: tuple[str, ...] = Field((), description="Image lists this policy consults.")
+    list_actions: ListActions = Field(
+        default_factory=ListActions, description="Actions for list hits."
+    )
+    obey_reviews: bool = Field(
+        True, description="A reviewer's labels replace the model's for the image and its copies."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PolicyArgs:
+        if len(set(self.actions)) != len(self.actions):
+            raise ValueError("actions must be unique")
+        if set(self.level_actions) != set(_LEVELS):
+            raise ValueError(f"level_actions needs exactly the levels {list(_LEVELS)}")
+        used = {
+            **{f"level_actions.{k}": v for k, v in self.level_actions.items()},
+            "list_actions.block": self.list_actions.block,
+            "list_actions.review": self.list_actions.review,
+            **{f"rules[{i}].action": r.action for i, r in enumerate(self.rules) if r.action},
+        }
+        for where, action in used.items():
+            if action not in self.actions:
+                raise ValueError(f"{where}: {action!r} is not one of actions {list(self.actions)}")
+        for name in (*self.term_lists, *self.image_lists):
+            if not re.match(_NAME, name):
+                raise ValueError(f"list name {name!r} must match {_NAME}")
+        return self
+
+    def rank(self, action: str) -> int:
+        """Position of ``action`` in the vocabulary (0 = mildest)."""
+        return self.actions.index(action)
+
+
+class IngressUserConfig(StrictModel):
+    """``user_config`` of the Ingress deployment (live-reloadable): the scene policies."""
+
+    policies: dict[str, PolicyArgs] = Field(
+        default_factory=dict,
+        validate_default=True,
+        description="Named policies a request picks with `policy`; `default` (today's "
+        "behaviour) is added when absent.",
+    )
+
+    @field_validator("policies")
+    @classmethod
+    def _names(cls, value: dict[str, PolicyArgs]) -> dict[str, PolicyArgs]:
+        for name in value:
+            if not re.match(_NAME, name):
+                raise ValueError(f"policy name {name!r} must match {_NAME}")
+        if DEFAULT_POLICY not in value:
+            value = {DEFAULT_POLICY: PolicyArgs(), **value}
+        return value

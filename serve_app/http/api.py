@@ -20,10 +20,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app import __version__
 from serve_app.config.models import DOCS_ASSET_PATHS
-from serve_app.errors import ServiceUnavailable
 from serve_app.http.body import parse_analyze_input, parse_batch_input
+from serve_app.http.current import current
 from serve_app.http.errors import install_error_handlers
-from serve_app.http.headers import REQUEST_TIMEOUT_HEADER, request_timeout_s
+from serve_app.http.headers import POLICY_HEADER, REQUEST_TIMEOUT_HEADER, request_timeout_s
 from serve_app.http.middleware import RequestIdMiddleware
 from serve_app.http.openapi import (
     ANALYZE_BODY,
@@ -32,24 +32,11 @@ from serve_app.http.openapi import (
     STREAM_RESPONSES,
     EventStreamResponse,
 )
+from serve_app.http.scenes_routes import router as scenes_router
 from serve_app.http.security_middleware import SecurityMiddleware
 from serve_app.http.service import IngressService
 from serve_app.http.wire import BatchResponse
 from serve_app.understanding.analysis import Analysis
-
-_service: IngressService | None = None
-
-
-def bind_service(service: IngressService) -> None:
-    """Make ``service`` the one the routes of this process use."""
-    global _service
-    _service = service
-
-
-def _current() -> IngressService:
-    if _service is None:  # a route reached before the Ingress finished starting
-        raise ServiceUnavailable("the ingress is starting", retry_after_s=1)
-    return _service
 
 
 def _timeout(service: IngressService, request: Request) -> float:
@@ -63,8 +50,8 @@ def _timeout(service: IngressService, request: Request) -> float:
 
 
 @functools.cache
-def _page_html() -> str:
-    return (resources.files("serve_app.http") / "static" / "index.html").read_text("utf-8")
+def _static_html(name: str) -> str:
+    return (resources.files("serve_app.http") / "static" / name).read_text("utf-8")
 
 
 app = FastAPI(
@@ -79,6 +66,7 @@ app = FastAPI(
 app.add_middleware(SecurityMiddleware)
 app.add_middleware(RequestIdMiddleware)
 install_error_handlers(app)
+app.include_router(scenes_router)
 
 
 @app.post(
@@ -91,10 +79,10 @@ install_error_handlers(app)
 async def analyze(request: Request) -> JSONResponse:
     """Multipart (``image`` file, optional ``text``) or JSON (``image_base64``, ``text``)."""
     started = time.perf_counter()
-    service = _current()
-    data, text = await parse_analyze_input(request, service.body_limit)
+    service = current()
+    data, text, policy = await parse_analyze_input(request, service.body_limit)
     timeout = _timeout(service, request)
-    result = await service.analyze(data, text, request.state.request_id, started, timeout)
+    result = await service.analyze(data, text, request.state.request_id, started, timeout, policy)
     return JSONResponse(result)
 
 
@@ -107,11 +95,13 @@ async def analyze(request: Request) -> JSONResponse:
 )
 async def analyze_batch(request: Request) -> JSONResponse:
     """Items run concurrently through the graph; results keep ids and order."""
-    service = _current()
+    service = current()
     limit = service.body_limit * service.args.limits.max_batch_items
     batch = await parse_batch_input(request, limit)
     timeout = _timeout(service, request)
-    return JSONResponse(await service.analyze_batch(batch, request.state.request_id, timeout))
+    policy = request.headers.get(POLICY_HEADER) or None
+    answer = await service.analyze_batch(batch, request.state.request_id, timeout, policy)
+    return JSONResponse(answer)
 
 
 @app.post(
@@ -124,12 +114,12 @@ async def analyze_batch(request: Request) -> JSONResponse:
 async def analyze_stream(request: Request) -> EventStreamResponse:
     """Same input as analyze. Input errors are plain JSON errors, before the stream opens."""
     started = time.perf_counter()
-    service = _current()
-    data, text = await parse_analyze_input(request, service.body_limit)
-    await service.precheck(data, text)
+    service = current()
+    data, text, policy = await parse_analyze_input(request, service.body_limit)
+    await service.precheck(data, text, policy)
     deadline = time.time() + _timeout(service, request)
     return EventStreamResponse(
-        service.events(data, text, request.state.request_id, started, deadline),
+        service.events(data, text, request.state.request_id, started, deadline, policy),
         headers={"cache-control": "no-cache", "x-accel-buffering": "no"},
     )
 
@@ -137,7 +127,13 @@ async def analyze_stream(request: Request) -> EventStreamResponse:
 @app.get("/", summary="The web page", response_class=HTMLResponse)
 async def page() -> HTMLResponse:
     """Upload a meme, add context, read the result (self-contained: no CDN)."""
-    return HTMLResponse(_page_html(), headers={"cache-control": "no-cache"})
+    return HTMLResponse(_static_html("index.html"), headers={"cache-control": "no-cache"})
+
+
+@app.get("/review", summary="The moderators' review page", response_class=HTMLResponse)
+async def review_page() -> HTMLResponse:
+    """Recent decisions with thumbnails; accept or correct in one click (admin key)."""
+    return HTMLResponse(_static_html("review.html"), headers={"cache-control": "no-cache"})
 
 
 # Swagger UI 5's files (the fastapi-offline package ships them), by their public path.
@@ -181,10 +177,10 @@ async def healthz() -> dict[str, str]:
 @app.get("/readyz", summary="Readiness", responses={503: ERROR_RESPONSES[503]})
 async def readyz() -> dict[str, Any]:
     """Ready when a VLM pool replica answers with a started engine."""
-    return await _current().ready()
+    return await current().ready()
 
 
 @app.get("/v1/status", summary="Degradation level, cache figures, engine, replicas")
 async def status() -> dict[str, Any]:
     """Operational snapshot of the running graph."""
-    return await _current().status()
+    return await current().status()

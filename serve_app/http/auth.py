@@ -36,6 +36,7 @@ class ApiKey:
     sha256: str
     rate_per_s: float | None = None
     burst: int = 10
+    scopes: frozenset[str] = frozenset({"analyze"})
 
 
 class TokenBucket:
@@ -109,12 +110,21 @@ def load_keys(args: SecurityArgs, environ: Mapping[str, str] | None = None) -> K
     environment variable is unset or empty), so a replica never starts open by accident.
     """
     environ = os.environ if environ is None else environ
-    keys = [ApiKey(k.name, k.sha256, k.rate_per_s, k.burst) for k in args.api_keys]
+    keys = [
+        ApiKey(k.name, k.sha256, k.rate_per_s, k.burst, frozenset(k.scopes)) for k in args.api_keys
+    ]
     if args.api_keys_env:
         raw = environ.get(args.api_keys_env, "")
         plain = [part.strip() for part in raw.split(",") if part.strip()]
         keys.extend(
             ApiKey(f"env-{index}", hash_key(text), args.env_rate_per_s, args.env_burst)
+            for index, text in enumerate(plain, start=1)
+        )
+    if args.admin_keys_env:
+        raw = environ.get(args.admin_keys_env, "")
+        plain = [part.strip() for part in raw.split(",") if part.strip()]
+        keys.extend(
+            ApiKey(f"admin-{index}", hash_key(text), scopes=frozenset({"analyze", "admin"}))
             for index, text in enumerate(plain, start=1)
         )
     if args.require_api_key and not keys:
@@ -142,6 +152,16 @@ class Verdict:
     MISSING = "missing"
     UNKNOWN = "unknown"
     LIMITED = "limited"
+    NOT_ADMIN = "not_admin"
+
+
+ADMIN_PREFIXES = ("/v1/lists", "/v1/reviews", "/v1/decisions")
+"""Paths (and everything under them) that need a key with the admin scope."""
+
+
+def needs_admin(path: str) -> bool:
+    """Whether ``path`` is one of the admin routes (lists, reviews, decisions)."""
+    return any(path == p or path.startswith(p + "/") for p in ADMIN_PREFIXES)
 
 
 @dataclass
@@ -165,15 +185,28 @@ class Guard:
 
     def check(self, path: str, authorization: str | None) -> tuple[str | None, float]:
         """``(None, 0)`` when allowed, else ``(verdict, retry_after_s)``."""
+        verdict, wait, _ = self.authorize(path, authorization)
+        return verdict, wait
+
+    def authorize(
+        self, path: str, authorization: str | None
+    ) -> tuple[str | None, float, ApiKey | None]:
+        """:meth:`check` plus the key that was accepted (None when no key was needed).
+
+        With no keys configured the API is open, admin routes included (development);
+        with keys, the admin routes need a key with the ``admin`` scope (else 403).
+        """
         if not self.keys or path in self.public_paths:
-            return None, 0.0
+            return None, 0.0, None
         token = bearer_token(authorization)
         if token is None:
-            return Verdict.MISSING, 0.0
+            return Verdict.MISSING, 0.0, None
         key = self.keys.lookup(token)
         if key is None:
-            return Verdict.UNKNOWN, 0.0
+            return Verdict.UNKNOWN, 0.0, None
+        if needs_admin(path) and "admin" not in key.scopes:
+            return Verdict.NOT_ADMIN, 0.0, key
         wait = self.limiter.take(key)
         if wait > 0:
-            return Verdict.LIMITED, wait
-        return None, 0.0
+            return Verdict.LIMITED, wait, key
+        return None, 0.0, key

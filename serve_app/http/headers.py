@@ -12,6 +12,8 @@ REQUEST_ID_HEADER = "x-request-id"
 REQUEST_TIMEOUT_HEADER = "x-request-timeout-seconds"
 TRACE_ID_HEADER = "x-trace-id"
 """Names the trace of the request on its response, when tracing is on."""
+POLICY_HEADER = "x-memeserve-policy"
+"""The scene policy, for clients that cannot change request bodies."""
 TRACE_CONTEXT_HEADERS = ("traceparent", "tracestate")
 """W3C trace context a caller may send; the request's spans continue its trace."""
 CORS_ALLOW_HEADERS = (
@@ -19,6 +21,7 @@ CORS_ALLOW_HEADERS = (
     "authorization",
     REQUEST_ID_HEADER,
     REQUEST_TIMEOUT_HEADER,
+    POLICY_HEADER,
     *TRACE_CONTEXT_HEADERS,
 )
 """Request headers a cross-origin caller may send: every header the API documents."""

@@ -51,7 +51,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         413: "Too many bytes, pixels or frames.",
         415: "Not an allowed image type (judged by content).",
         401: "An API key is required (Authorization: Bearer …).",
-        403: "The API key is not valid.",
+        403: "The API key is not valid, or has no admin scope (lists, reviews, decisions).",
+        404: "No such decision, list entry or route.",
         422: "The request does not match the schema.",
         429: "Rate limit of the key passed, or shedding load; see Retry-After.",
         500: "Internal error (no details are exposed).",
@@ -85,6 +86,7 @@ ANALYZE_BODY: dict[str, Any] = {
                     "properties": {
                         "image": {"type": "string", "format": "binary"},
                         "text": {"type": "string"},
+                        "policy": {"type": "string", "maxLength": 64},
                     },
                 }
             },
@@ -100,6 +102,40 @@ BATCH_BODY: dict[str, Any] = {
         "content": {"application/json": {"schema": inline_defs(BatchRequest)}},
     },
 }
+
+
+def json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of a route that reads a JSON body of ``model`` itself."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": inline_defs(model)}},
+        }
+    }
+
+
+def image_body(model: type[BaseModel]) -> dict[str, Any]:
+    """``openapi_extra`` of a route that reads an image as multipart (``image`` + the other
+    fields of ``model`` as text) or as JSON (``model``, with ``image_base64``)."""
+    schema = inline_defs(model)
+    fields = {
+        name: {"type": "string"} for name in schema.get("properties", {}) if name != "image_base64"
+    }
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["image"],
+                        "properties": {"image": {"type": "string", "format": "binary"}, **fields},
+                    }
+                },
+                "application/json": {"schema": schema},
+            },
+        }
+    }
 
 
 def _event(name: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -84,8 +84,10 @@ class SecurityMiddleware:
         state = _security
         assert state is not None
         authorization = header(scope["headers"], b"authorization")
-        verdict, wait_s = state.guard.check(scope["path"], authorization)
+        verdict, wait_s, key = state.guard.authorize(scope["path"], authorization)
         if verdict is None:
+            # Who asked, for the audit of admin writes (None: the API is open).
+            scope.setdefault("state", {})["api_key"] = key.name if key is not None else None
             await self.app(scope, receive, send)
             return
         error: MemeServeError
@@ -93,6 +95,8 @@ class SecurityMiddleware:
             error = Unauthorized("send the API key as 'Authorization: Bearer <key>'")
         elif verdict == Verdict.UNKNOWN:
             error = Forbidden("the API key is not accepted")
+        elif verdict == Verdict.NOT_ADMIN:
+            error = Forbidden("this API key has no admin scope (lists, reviews, decisions)")
         else:
             error = TooManyRequests(
                 "rate limit of this API key exceeded; retry later", retry_after_s=wait_s

@@ -22,6 +22,7 @@ from serve_app.engines.base import EngineOutput
 from serve_app.errors import DeadlineExceeded, SchemaError, ServiceUnavailable
 from serve_app.http.body import decode_base64_image
 from serve_app.http.errors import error_parts
+from serve_app.http.scenes import Scenes
 from serve_app.http.sse import ExplanationTap, sse
 from serve_app.http.wire import BatchItem, BatchRequest
 from serve_app.library.store import StoreKey, upload_key
@@ -30,6 +31,8 @@ from serve_app.media.imaging import probe_image
 from serve_app.observability.metrics import observe_stages
 from serve_app.observability.tracing import annotate, stage
 from serve_app.pipeline.prepare import CacheHit, Prepared, Refused, limits_from, request_scope
+from serve_app.scenes.lookup import Looked
+from serve_app.scenes.state import Marks
 from serve_app.understanding.context_text import check_context_length
 
 logger = logging.getLogger(__name__)
@@ -161,23 +164,34 @@ class IngressService:
         # Reports the requests inside the graph to the LoadController (its queue signal).
         self._levels = LevelFollower(self._report_load)
         self.body_limit = int(args.limits.max_bytes * _BODY_OVERHEAD_RATIO + _BODY_OVERHEAD_BYTES)
+        self.scenes = Scenes(args.scenes, store, preprocessor)
 
     async def analyze(
-        self, data: bytes, text: str | None, request_id: str, started: float, timeout: float
+        self,
+        data: bytes,
+        text: str | None,
+        request_id: str,
+        started: float,
+        timeout: float,
+        policy_name: str | None = None,
     ) -> dict[str, Any]:
-        """The finished analysis of one meme within ``timeout`` seconds (504 after it)."""
+        """The finished analysis of one meme within ``timeout`` seconds (504 after it),
+        judged by the scene policy ``policy_name`` (``default`` when None; 422 if unknown)."""
+        policy = self.scenes.policy(policy_name)
         with stage("analyze", {"request_id": request_id, "memeserve.bytes": len(data)}):
             with self._inside():
                 try:
-                    result = await asyncio.wait_for(
-                        self._run_graph(data, text, request_id, time.time() + timeout), timeout
+                    result, marks = await asyncio.wait_for(
+                        self._run_graph(data, text, request_id, time.time() + timeout, policy),
+                        timeout,
                     )
                 except TimeoutError:
                     raise DeadlineExceeded(f"no answer within {timeout:g} s") from None
-            return finish(result, request_id, started)
+            judged = self.scenes.judge(result, policy, text, marks, request_id)
+            return finish(judged, request_id, started)
 
     async def analyze_batch(
-        self, batch: BatchRequest, request_id: str, timeout: float
+        self, batch: BatchRequest, request_id: str, timeout: float, policy_name: str | None = None
     ) -> dict[str, Any]:
         """Items run concurrently through the graph; results keep ids and order."""
         limit = self.args.limits.max_batch_items
@@ -186,9 +200,12 @@ class IngressService:
         ids = [item.id for item in batch.items]
         if len(set(ids)) != len(ids):
             raise SchemaError("item ids must be unique within a batch")
+        policy_name = batch.policy or policy_name
+        for item in batch.items:  # an unknown policy refuses the whole batch, before any work
+            self.scenes.policy(item.policy or policy_name)
         results = await asyncio.gather(
             *(
-                self._batch_item(item, f"{request_id}:{index}", timeout)
+                self._batch_item(item, f"{request_id}:{index}", timeout, policy_name)
                 for index, item in enumerate(batch.items)
             )
         )
@@ -201,24 +218,28 @@ class IngressService:
         }
 
     async def _batch_item(
-        self, item: BatchItem, item_request_id: str, timeout: float
+        self, item: BatchItem, item_request_id: str, timeout: float, policy_name: str | None
     ) -> dict[str, Any]:
         started = time.perf_counter()
         try:
             check_context_length(item.text, self.args.limits.max_text_chars)
             data = decode_base64_image(item.image_base64)
-            result = await self.analyze(data, item.text, item_request_id, started, timeout)
+            result = await self.analyze(
+                data, item.text, item_request_id, started, timeout, item.policy or policy_name
+            )
         except Exception as exc:
             status, body, _ = error_parts(exc, item_request_id)
             return {"id": item.id, "status": status, "error": body["error"]}
         return {"id": item.id, "status": 200, "result": result}
 
-    async def precheck(self, data: bytes, text: str | None) -> None:
-        """Refuse now what the request shows without the graph: text length, bytes, header.
+    async def precheck(self, data: bytes, text: str | None, policy_name: str | None = None) -> None:
+        """Refuse now what the request shows without the graph: text length, bytes, header,
+        an unknown policy.
 
         The stream route calls it before the stream opens, so these refusals are plain
         HTTP errors (413/415/422/400), never an ``error`` event after ``accepted``.
         """
+        self.scenes.policy(policy_name)
         check_context_length(text, self.args.limits.max_text_chars)
         limits = limits_from(self.args)
         if len(data) > _HASH_INLINE_BYTES:
@@ -227,7 +248,13 @@ class IngressService:
             probe_image(data, limits)
 
     async def events(
-        self, data: bytes, text: str | None, request_id: str, started: float, deadline: float
+        self,
+        data: bytes,
+        text: str | None,
+        request_id: str,
+        started: float,
+        deadline: float,
+        policy_name: str | None = None,
     ) -> AsyncIterator[bytes]:
         """The stream: ``accepted``, ``cache``, ``delta``…, then ``result`` or ``error``."""
         yield sse("accepted", {"request_id": request_id})
@@ -237,7 +264,9 @@ class IngressService:
             span = stage("analyze", {"request_id": request_id, "memeserve.bytes": len(data)})
             with span, self._inside():
                 async with asyncio.timeout(timeout):
-                    async for event in self._stream_graph(data, text, request_id, started, timeout):
+                    policy = self.scenes.policy(policy_name)
+                    events = self._stream_graph(data, text, request_id, started, timeout, policy)
+                    async for event in events:
                         yield event
         except TimeoutError:
             error = DeadlineExceeded(f"no answer within {timeout:g} s")
@@ -248,23 +277,38 @@ class IngressService:
             yield sse("error", {"status": status, **body})
 
     async def _stream_graph(
-        self, data: bytes, text: str | None, request_id: str, started: float, timeout: float
+        self,
+        data: bytes,
+        text: str | None,
+        request_id: str,
+        started: float,
+        timeout: float,
+        policy: tuple[str, Any],
     ) -> AsyncIterator[bytes]:
         deadline = time.time() + timeout
-        hit, upload = await self._resent(data, text)
+
+        def judged(result: dict[str, Any], marks: Marks) -> bytes:
+            answer = self.scenes.judge(result, policy, text, marks, request_id)
+            return sse("result", finish(answer, request_id, started))
+
+        hit, upload = await self._resent(data, text, request_id)
         if hit is not None:
             result = from_cache(hit)
             yield sse("cache", result["meta"]["cache"])
-            yield sse("result", finish(result, request_id, started))
+            yield judged(result, hit.marks)
             return
         with self._admitted(), cancelled_with_caller() as calls:
             prepared = await self._prepare(calls, data, text, request_id, deadline, upload)
             if isinstance(prepared, CacheHit):
                 result = from_cache(prepared)
                 yield sse("cache", result["meta"]["cache"])
-                yield sse("result", finish(result, request_id, started))
+                yield judged(result, prepared.marks)
                 return
             yield sse("cache", {"hit": False, "match": None, "distance": None})
+            answered = self._without_engine(prepared, policy, request_id)
+            if answered is not None:
+                yield judged(answered, prepared.marks)
+                return
             pieces: list[str] = []
             engine_started = time.perf_counter()
             deltas: Any = self._vlm.options(stream=True).stream.remote(prepared.request)
@@ -295,18 +339,27 @@ class IngressService:
                     output, prepared.structure_context(request_id), self._cache_key(prepared)
                 )
             )
-        yield sse("result", finish(result, request_id, started))
+        yield judged(result, prepared.marks)
 
     async def _run_graph(
-        self, data: bytes, text: str | None, request_id: str, deadline: float
-    ) -> dict[str, Any]:
-        hit, upload = await self._resent(data, text)
+        self,
+        data: bytes,
+        text: str | None,
+        request_id: str,
+        deadline: float,
+        policy: tuple[str, Any],
+    ) -> tuple[dict[str, Any], Marks]:
+        """The analysis (policy-free, as stored) and the image's marks."""
+        hit, upload = await self._resent(data, text, request_id)
         if hit is not None:
-            return from_cache(hit)
+            return from_cache(hit), hit.marks
         with self._admitted(), cancelled_with_caller() as calls:
             prepared = await self._prepare(calls, data, text, request_id, deadline, upload)
             if isinstance(prepared, CacheHit):
-                return from_cache(prepared)
+                return from_cache(prepared), prepared.marks
+            answered = self._without_engine(prepared, policy, request_id)
+            if answered is not None:
+                return answered, prepared.marks
             # The DeploymentResponse goes straight to the Structurer as a top-level argument.
             output = calls.add(self._vlm.generate.remote(prepared.request))
             analysis: dict[str, Any] = await calls.add(
@@ -314,7 +367,20 @@ class IngressService:
                     output, prepared.structure_context(request_id), self._cache_key(prepared)
                 )
             )
-        return analysis
+        return analysis, prepared.marks
+
+    def _without_engine(
+        self, prepared: Prepared, policy: tuple[str, Any], request_id: str
+    ) -> dict[str, Any] | None:
+        """The answer for a reviewed or block-listed image, without the engine; or None."""
+        return self.scenes.without_engine(
+            policy,
+            prepared.marks,
+            request_id=request_id,
+            image=prepared.image.model_dump(mode="json"),
+            level=prepared.request.level,
+            preprocess_ms=prepared.preprocess_ms,
+        )
 
     async def _prepare(
         self,
@@ -333,7 +399,9 @@ class IngressService:
             raise prepared.error
         return prepared
 
-    async def _resent(self, data: bytes, text: str | None) -> tuple[CacheHit | None, str | None]:
+    async def _resent(
+        self, data: bytes, text: str | None, request_id: str
+    ) -> tuple[CacheHit | None, str | None]:
         """The stored answer for bytes sent before (no decoding), and the upload's key."""
         if not self.args.cache.enabled:
             return None, None
@@ -343,7 +411,10 @@ class IngressService:
             upload = await asyncio.to_thread(upload_key, data, scope)
         else:
             upload = upload_key(data, scope)
-        hit = await self._store.lookup_upload.remote(upload, self._levels.state.level)
+        looked: Looked = await self._store.lookup_upload.remote(
+            upload, self._levels.state.level, request_id
+        )
+        hit = looked.hit
         if hit is None:
             return None, upload
         cached = CacheHit(
@@ -352,6 +423,7 @@ class IngressService:
             preprocess_ms=(time.perf_counter() - started) * 1000.0,
             match=hit.match,
             distance=hit.distance,
+            marks=looked.marks,
         )
         return cached, upload
 

@@ -81,6 +81,9 @@ class LibraryHit:
     level: int
     match: Literal["exact", "near"]
     distance: int
+    fingerprint: Fingerprint | None = None
+    """The stored entry's fingerprint (set by :meth:`FingerprintLibrary.lookup_upload`,
+    whose caller has none of its own)."""
 
 
 @dataclass
@@ -208,7 +211,7 @@ class FingerprintLibrary:
                 self._exact_hits += 1
             else:
                 self._near_hits += 1
-            return LibraryHit(entry.analysis, entry.level, match, distance)
+            return LibraryHit(entry.analysis, entry.level, match, distance, entry.fingerprint)
 
     def lookup(self, key: StoreKey, max_level: int = 0) -> LibraryHit | None:
         """The best stored answer for ``key`` produced at ``max_level`` or better, or None."""

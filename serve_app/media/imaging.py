@@ -362,3 +362,15 @@ def pixel_key(img: Image.Image) -> str:
     digest.update(f"{img.mode}:{img.width}x{img.height}:".encode())
     digest.update(img.tobytes())
     return digest.hexdigest()
+
+
+THUMBNAIL_SIDE: Final[int] = 128
+
+
+def thumbnail_jpeg(image: Image.Image, side: int = THUMBNAIL_SIDE, quality: int = 70) -> bytes:
+    """A small JPEG of a decoded image (longer side ``side``), for the moderators' page."""
+    small = image.convert("RGB")
+    small.thumbnail((side, side), Image.Resampling.BILINEAR)
+    out = BytesIO()
+    small.save(out, format="JPEG", quality=quality)
+    return out.getvalue()

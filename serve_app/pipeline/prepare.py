@@ -8,7 +8,7 @@ The Preprocessor deployment runs this in two steps around the library lookup:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -26,6 +26,7 @@ from serve_app.media.imaging import (
     resize_to_budget,
     visual_tokens,
 )
+from serve_app.scenes.state import Marks
 from serve_app.understanding.analysis import ImageInfo
 from serve_app.understanding.context_text import (
     check_context_length,
@@ -55,6 +56,8 @@ class Prepared:
     image: ImageInfo
     preprocess_ms: float
     explanation_max_chars: int
+    marks: Marks = field(default_factory=Marks)
+    """The image's list entries and review (scenes), from the same lookup."""
 
     def structure_context(self, request_id: str) -> StructureContext:
         """What the Structurer needs besides the model's text, for this request."""
@@ -79,6 +82,15 @@ class Refused:
 
 
 @dataclass(frozen=True)
+class Fingerprinted:
+    """An image for a list entry or a review: its fingerprint and a thumbnail."""
+
+    fingerprint: bytes
+    """:meth:`~serve_app.media.fingerprint.Fingerprint.to_bytes`."""
+    thumbnail: bytes | None
+
+
+@dataclass(frozen=True)
 class CacheHit:
     """A stored analysis answering this request, and how it matched."""
 
@@ -87,6 +99,8 @@ class CacheHit:
     preprocess_ms: float
     match: Literal["exact", "near"] = "exact"
     distance: int = 0
+    marks: Marks = field(default_factory=Marks)
+    """The image's list entries and review (scenes), from the same lookup."""
 
 
 def limits_from(args: AppArgs) -> Limits:

@@ -11,16 +11,50 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.understanding.labels import Emotion, Intent, RiskAction, RiskLevel
+from serve_app.understanding.labels import Emotion, Intent, RiskLevel
+
+DecidedBy = Literal["model_thresholds", "policy_rule", "term_list", "image_list", "review"]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Reason(_Model):
+    """One rule that took part in the decision, and where it matched."""
+
+    kind: DecidedBy = Field(description="Which kind of rule.")
+    detail: str = Field(description="The rule in words.")
+    list: str | None = Field(None, description="term_list / image_list: the list's name.")
+    action: str | None = Field(None, description="The action this reason asks for.")
+    term: str | None = Field(None, description="term_list: the listed term.")
+    where: Literal["ocr", "context"] | None = Field(
+        None, description="term_list: found in the OCR text or the request's context."
+    )
+    entry_id: str | None = Field(None, description="image_list: the list entry.")
+    match: Literal["exact", "near"] | None = Field(
+        None, description="image_list / review: how the image matched."
+    )
+    distance: int | None = Field(None, description="image_list / review: fingerprint distance.")
+    reviewer: str | None = Field(None, description="review: who reviewed the image.")
+    review_id: str | None = Field(None, description="review: the review in the audit.")
+    rule: str | None = Field(None, description="policy_rule: the rule's name.")
+
+
 class Risk(_Model):
     level: RiskLevel = Field(description="none / low / medium / high.")
-    action: RiskAction = Field(description="pass / throttle / tag / block.")
+    action: str = Field(
+        description="The policy's action: pass / throttle / tag / block under `default`; "
+        "each policy names its own vocabulary."
+    )
+    policy: str = Field("default", description="The scene policy that decided.")
+    tags: list[str] = Field(default_factory=list, description="Tags the policy's rules added.")
+    decided_by: DecidedBy = Field(
+        "model_thresholds", description="Which kind of rule decided the action."
+    )
+    reasons: list[Reason] = Field(
+        default_factory=list, description="Every rule that took part, the deciding one first."
+    )
 
 
 class Evidence(_Model):

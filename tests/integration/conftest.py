@@ -28,8 +28,18 @@ def controller_config() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def base_url(app_args: dict[str, Any], controller_config: dict[str, Any]) -> Iterator[str]:
-    yield from start_app(app_args, controller_config)
+def ingress_config() -> dict[str, Any] | None:
+    """The Ingress's user_config (scene policies); override in a test module."""
+    return None
+
+
+@pytest.fixture(scope="module")
+def base_url(
+    app_args: dict[str, Any],
+    controller_config: dict[str, Any],
+    ingress_config: dict[str, Any] | None,
+) -> Iterator[str]:
+    yield from start_app(app_args, controller_config, ingress_config)
 
 
 @pytest.fixture(scope="module")

@@ -39,12 +39,16 @@ def wait_ready(base_url: str, timeout_s: float = 120.0) -> None:
 
 
 def with_own_library(args: dict[str, Any]) -> dict[str, Any]:
-    """``args`` with a fresh SQLite library file unless they name a backend location."""
+    """``args`` with fresh SQLite library and scenes files unless they name a location."""
+    directory = Path(tempfile.mkdtemp(prefix="memeserve-test-"))
     cache = dict(args.get("cache") or {})
     if cache.get("backend", "sqlite") == "sqlite" and "sqlite_path" not in cache:
         # A library file per app: the default one in the working tree outlives test runs.
-        cache["sqlite_path"] = str(Path(tempfile.mkdtemp(prefix="memeserve-test-")) / "lib.db")
-    return {**args, "cache": cache}
+        cache["sqlite_path"] = str(directory / "lib.db")
+    scenes = dict(args.get("scenes") or {})
+    if "sqlite_path" not in scenes:
+        scenes["sqlite_path"] = str(directory / "scenes.db")
+    return {**args, "cache": cache, "scenes": scenes}
 
 
 @contextlib.contextmanager
@@ -55,7 +59,8 @@ def _ray_with_serve(port: int) -> Iterator[None]:
     import ray
     from ray import serve
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": always a cluster of our own, never one another process left running.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield
@@ -65,7 +70,9 @@ def _ray_with_serve(port: int) -> Iterator[None]:
 
 
 def start_app(
-    args: dict[str, Any], controller_config: dict[str, Any] | None = None
+    args: dict[str, Any],
+    controller_config: dict[str, Any] | None = None,
+    ingress_config: dict[str, Any] | None = None,
 ) -> Iterator[str]:
     """Start Ray + the memeserve graph in this process (``serve.run``); yield its base URL."""
     from ray import serve
@@ -75,7 +82,7 @@ def start_app(
     port = free_port()
     with _ray_with_serve(port):
         serve.run(
-            build_graph(with_own_library(args), controller_config),
+            build_graph(with_own_library(args), controller_config, ingress_config),
             name="memeserve",
             route_prefix="/",
             blocking=False,

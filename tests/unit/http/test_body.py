@@ -31,7 +31,7 @@ def multipart(*parts: tuple[str, str | None, bytes]) -> bytes:
     return out + f"--{BOUNDARY}--\r\n".encode()
 
 
-def request(body: bytes, content_type: str) -> Request:
+def request(body: bytes, content_type: str, policy_header: str | None = None) -> Request:
     sent = False
 
     async def receive() -> Message:
@@ -45,12 +45,16 @@ def request(body: bytes, content_type: str) -> Request:
         (b"content-type", content_type.encode()),
         (b"content-length", str(len(body)).encode()),
     ]
+    if policy_header is not None:
+        headers.append((b"x-memeserve-policy", policy_header.encode()))
     scope: dict[str, Any] = {"type": "http", "method": "POST", "path": "/", "headers": headers}
     return Request(scope, receive)
 
 
-def parse(body: bytes, content_type: str, limit: int = 1 << 20) -> tuple[bytes, str | None]:
-    return asyncio.run(parse_analyze_input(request(body, content_type), limit))
+def parse(
+    body: bytes, content_type: str, limit: int = 1 << 20, policy_header: str | None = None
+) -> tuple[bytes, str | None, str | None]:
+    return asyncio.run(parse_analyze_input(request(body, content_type, policy_header), limit))
 
 
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
@@ -72,8 +76,23 @@ def closed_forms(monkeypatch: pytest.MonkeyPatch) -> list[FormData]:
 
 def test_a_multipart_upload_gives_the_image_and_the_text(closed_forms: list[FormData]) -> None:
     body = multipart(("image", "m.png", b"PNGDATA"), ("text", None, "笑死".encode()))
-    assert parse(body, MULTIPART) == (b"PNGDATA", "笑死")
+    assert parse(body, MULTIPART) == (b"PNGDATA", "笑死", None)
     assert len(closed_forms) == 1
+
+
+def test_the_policy_comes_from_the_body_else_the_header() -> None:
+    with_field = multipart(("image", "m.png", b"PNGDATA"), ("policy", None, b"support"))
+    assert parse(with_field, MULTIPART) == (b"PNGDATA", None, "support")
+    assert parse(with_field, MULTIPART, policy_header="moderation")[2] == "support"
+    plain = multipart(("image", "m.png", b"PNGDATA"))
+    assert parse(plain, MULTIPART, policy_header="moderation")[2] == "moderation"
+    as_json = json.dumps({"image_base64": "UE5HREFUQQ==", "policy": "support"}).encode()
+    assert parse(as_json, "application/json") == (b"PNGDATA", None, "support")
+    with pytest.raises(SchemaError, match="policy"):
+        parse(
+            json.dumps({"image_base64": "UE5HREFUQQ==", "policy": "x" * 65}).encode(),
+            "application/json",
+        )
 
 
 @pytest.mark.parametrize(
@@ -100,7 +119,7 @@ def test_a_body_over_the_limit_is_413_before_parsing() -> None:
 
 def test_json_bodies_and_their_errors() -> None:
     good = json.dumps({"image_base64": "UE5HREFUQQ==", "text": "t"}).encode()
-    assert parse(good, "application/json") == (b"PNGDATA", "t")
+    assert parse(good, "application/json") == (b"PNGDATA", "t", None)
     with pytest.raises(BadInput, match="not valid JSON"):
         parse(b"{", "application/json")
     with pytest.raises(SchemaError, match="image_base64"):

@@ -1,0 +1,269 @@
+"""The Ingress's side of the scenes: policies, its copy of the term lists, the decision.
+
+One :class:`Scenes` per Ingress replica. Policies come from the Ingress's ``user_config``
+(live through ``serve deploy``); the term lists live in the FingerprintStore's scenes log,
+and this replica keeps an Aho–Corasick matcher over them, refetched only when their
+version changes (polled every ``scenes.sync_period_s``, and at once after this replica
+wrote). Every answer — fresh, cached, or answered without the engine — passes through
+:meth:`Scenes.judge`, which applies :func:`serve_app.scenes.decide.decide` and records the
+decision with the FingerprintStore for the moderators' page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+from typing import Any
+
+from serve_app.config.models import DEFAULT_POLICY, IngressUserConfig, PolicyArgs, ScenesArgs
+from serve_app.errors import NotFound, SchemaError
+from serve_app.http.wire import ReviewLabels, ReviewRequest
+from serve_app.pipeline.prepare import Refused
+from serve_app.scenes.decide import answer_without_engine, decide, labels_of
+from serve_app.scenes.events import encode_b64
+from serve_app.scenes.state import Marks
+from serve_app.understanding.terms import TermEntry, TermMatcher
+
+logger = logging.getLogger(__name__)
+
+
+class Scenes:
+    """Policies and term lists of one Ingress replica."""
+
+    def __init__(self, args: ScenesArgs, store: Any, preprocessor: Any) -> None:
+        self.args = args
+        self._store = store
+        self._preprocessor = preprocessor
+        self.config = IngressUserConfig()
+        self._matcher = TermMatcher(())
+        self._terms_version = 0
+        self._follow_task: asyncio.Task[None] | None = None
+        self._refresh_lock: asyncio.Lock | None = None
+
+    # -- policies -------------------------------------------------------------------------
+
+    def reconfigure(self, config: IngressUserConfig) -> None:
+        """Apply a new ``user_config`` (policies) to the next requests."""
+        self.config = config
+        logger.info("scene policies applied: %s", ", ".join(sorted(config.policies)))
+
+    def policy(self, name: str | None) -> tuple[str, PolicyArgs]:
+        """The policy a request picked (``default`` when it picked none); 422 if unknown."""
+        self.start()
+        chosen = name or DEFAULT_POLICY
+        policies = self.config.policies if self.args.enabled else {}
+        found = policies.get(chosen)
+        if found is None:
+            if chosen == DEFAULT_POLICY:
+                return chosen, PolicyArgs()
+            known = sorted(policies) or [DEFAULT_POLICY]
+            raise SchemaError(f"unknown policy {chosen!r}; known policies: {', '.join(known)}")
+        return chosen, found
+
+    def describe(self) -> dict[str, Any]:
+        """The policies as /v1/policies shows them."""
+        return {
+            "policies": {
+                name: policy.model_dump(mode="json")
+                for name, policy in self.config.policies.items()
+            },
+            "term_lists_version": self._terms_version,
+            "terms": len(self._matcher),
+        }
+
+    # -- term lists -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start following the term lists, once (called from the replica's event loop)."""
+        if self.args.enabled and self._follow_task is None:
+            self._follow_task = asyncio.get_running_loop().create_task(self._follow())
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                await self.refresh_terms()
+            except Exception as exc:  # the store restarting: keep the copy we have
+                logger.warning("term lists not refreshed: %s", str(exc)[:200])
+            await asyncio.sleep(self.args.sync_period_s)
+
+    async def refresh_terms(self) -> None:
+        """Refetch the term lists if they changed since this replica's copy."""
+        if self._refresh_lock is None:
+            self._refresh_lock = asyncio.Lock()
+        async with self._refresh_lock:
+            snapshot = await self._store.terms_snapshot.remote(self._terms_version)
+            if snapshot is None:
+                return
+            version, entries = snapshot
+            # Building the automaton over 10^5 terms takes a second or two: off the loop.
+            self._matcher = await asyncio.to_thread(
+                TermMatcher, (TermEntry(t, name, action) for t, name, action in entries)
+            )
+            self._terms_version = version
+            logger.info("term lists at version %d: %d terms", version, len(entries))
+
+    async def stop(self) -> None:
+        """Stop following (replica shutdown)."""
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow_task
+
+    # -- the decision ---------------------------------------------------------------------
+
+    def without_engine(
+        self,
+        policy: tuple[str, PolicyArgs],
+        marks: Marks,
+        *,
+        request_id: str,
+        image: dict[str, Any],
+        level: int,
+        preprocess_ms: float,
+    ) -> dict[str, Any] | None:
+        """An answer for a reviewed or block-listed image, with no engine call; or None."""
+        if marks.empty:
+            return None
+        return answer_without_engine(
+            marks,
+            policy[1],
+            request_id=request_id,
+            image=image,
+            level=level,
+            preprocess_ms=preprocess_ms,
+        )
+
+    def judge(
+        self,
+        result: dict[str, Any],
+        policy: tuple[str, PolicyArgs],
+        text: str | None,
+        marks: Marks,
+        request_id: str,
+    ) -> dict[str, Any]:
+        """``result`` decided by ``policy``, and the decision recorded for reviewers."""
+        name, args = policy
+        terms = self._matcher.find(
+            {"ocr": result.get("evidence", {}).get("ocr_text", []), "context": [text or ""]}
+        )
+        judged = decide(result, name, args, term_hits=terms, marks=marks)
+        if self.args.enabled:
+            self._record(judged, args, text, request_id)
+        return judged
+
+    def _record(
+        self, judged: dict[str, Any], policy: PolicyArgs, text: str | None, request_id: str
+    ) -> None:
+        risk = judged["risk"]
+        summary = {
+            "policy": risk["policy"],
+            "action": risk["action"],
+            "mildest_action": policy.actions[0],
+            "risk_level": risk["level"],
+            "decided_by": risk["decided_by"],
+            **labels_of(judged),
+            "confidence": judged["confidence"],
+            "explanation": judged["explanation"],
+            "ocr_text": judged["evidence"]["ocr_text"],
+            "text": text,
+        }
+        # Not awaited: the answer does not wait for the moderators' table.
+        self._store.record_decision.remote(request_id, summary)
+
+    # -- the admin routes -----------------------------------------------------------------
+
+    def _require(self) -> None:
+        if not self.args.enabled:
+            raise NotFound("scenes are disabled on this service (args.scenes.enabled: false)")
+
+    async def write(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Log one scenes event through the FingerprintStore (422 when the body is invalid)."""
+        self._require()
+        answer: dict[str, Any] = await self._store.scenes_write.remote(kind, body)
+        if "error" in answer:
+            raise SchemaError(answer["error"])
+        if kind.startswith("terms."):
+            await self.refresh_terms()  # this replica reads its own write at once
+        return answer
+
+    async def add_image(
+        self, name: str, data: bytes, action: str, label: str | None, who: str
+    ) -> dict[str, Any]:
+        """Put an image (and so its near copies) on list ``name``; its entry id is returned."""
+        self._require()
+        found = await self._preprocessor.fingerprint.remote(data)
+        if isinstance(found, Refused):
+            raise found.error
+        entry_id = hashlib.blake2b(found.fingerprint, digest_size=8).hexdigest()
+        body = {
+            "list": name,
+            "action": action,
+            "entry_id": entry_id,
+            "fingerprint": encode_b64(found.fingerprint),
+            "label": label,
+            "by": who,
+            "thumbnail": encode_b64(found.thumbnail) if found.thumbnail else None,
+        }
+        return {"entry_id": entry_id, **await self.write("images.add", body)}
+
+    async def review(self, request: ReviewRequest, who: str, key: str | None) -> dict[str, Any]:
+        """A reviewer's correction of a kept decision (by its request id)."""
+        return await self._review(
+            request.labels,
+            request.reviewer or who,
+            key,
+            request.note,
+            request_id=request.request_id,
+        )
+
+    async def review_image(
+        self,
+        data: bytes,
+        labels: ReviewLabels,
+        reviewer: str,
+        key: str | None,
+        note: str | None,
+    ) -> dict[str, Any]:
+        """A reviewer's labels for an uploaded image (and its near copies)."""
+        self._require()
+        found = await self._preprocessor.fingerprint.remote(data)
+        if isinstance(found, Refused):
+            raise found.error
+        return await self._review(
+            labels, reviewer, key, note, fingerprint=found.fingerprint, thumbnail=found.thumbnail
+        )
+
+    async def accept(self, request_id: str, reviewer: str, key: str | None) -> dict[str, Any]:
+        """The decision's labels confirmed by a reviewer."""
+        return await self._review(ReviewLabels(), reviewer, key, None, request_id=request_id)
+
+    async def _review(
+        self,
+        labels: ReviewLabels,
+        reviewer: str,
+        key: str | None,
+        note: str | None,
+        **target: Any,
+    ) -> dict[str, Any]:
+        self._require()
+        answer: dict[str, Any] = await self._store.review.remote(
+            labels=labels.model_dump(), reviewer=reviewer, key=key, note=note, **target
+        )
+        if answer.get("status") == 404:
+            raise NotFound(answer["error"])
+        if "error" in answer:
+            raise SchemaError(answer["error"])
+        return answer
+
+    async def read(self, what: str, limit: int = 100) -> Any:
+        """A read-only view of the scenes (lists, terms, images, audit, reviews)."""
+        self._require()
+        return await self._store.scenes_read.remote(what, limit)
+
+    async def decisions(self, limit: int, actions: list[str] | None) -> list[dict[str, Any]]:
+        """Recent decisions for the moderators, newest first."""
+        self._require()
+        found: list[dict[str, Any]] = await self._store.decisions.remote(limit, actions)
+        return found
