@@ -209,8 +209,9 @@ class FingerprintStore:
             return None
         return state.terms_version, state.term_entries()
 
-    def scenes_read(self, what: str, limit: int = 100) -> Any:
-        """Read-only views: ``lists``, ``terms``, ``images``, ``audit``, ``reviews``."""
+    def scenes_read(self, what: str, limit: int = 100, seq: int | None = None) -> Any:
+        """Read-only views: ``lists``, ``terms``, ``images``, ``audit`` (newest first, below
+        ``seq``), ``reviews`` (the latest review per image, oldest first, above ``seq``)."""
         state = self._require_scenes().state
         if what == "lists":
             return state.list_stats()
@@ -219,9 +220,10 @@ class FingerprintStore:
         if what == "images":
             return state.image_lists()
         if what == "audit":
-            return state.audit(limit=limit)
+            return state.audit(limit=limit, before_seq=seq)
         if what == "reviews":
-            return state.reviews()
+            after = seq or 0
+            return [row for row in state.reviews() if row["seq"] > after][:limit]
         raise ValueError(f"unknown scenes view {what!r}")
 
     def record_decision(self, request_id: str, summary: dict[str, Any]) -> bool:

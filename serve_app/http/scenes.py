@@ -24,6 +24,7 @@ from serve_app.pipeline.prepare import Refused
 from serve_app.scenes.decide import answer_without_engine, decide, labels_of
 from serve_app.scenes.events import encode_b64
 from serve_app.scenes.state import Marks
+from serve_app.understanding.normalize import normalize
 from serve_app.understanding.terms import TermEntry, TermMatcher
 
 logger = logging.getLogger(__name__)
@@ -98,8 +99,11 @@ class Scenes:
                 return
             version, entries = snapshot
             # Building the automaton over 10^5 terms takes a second or two: off the loop.
+            # A term that normalises to nothing can never match (writes refuse it; an
+            # older log may hold one): skipped rather than failing every refresh.
             self._matcher = await asyncio.to_thread(
-                TermMatcher, (TermEntry(t, name, action) for t, name, action in entries)
+                TermMatcher,
+                (TermEntry(t, name, action) for t, name, action in entries if normalize(t)),
             )
             self._terms_version = version
             logger.info("term lists at version %d: %d terms", version, len(entries))
@@ -185,7 +189,10 @@ class Scenes:
         if "error" in answer:
             raise SchemaError(answer["error"])
         if kind.startswith("terms."):
-            await self.refresh_terms()  # this replica reads its own write at once
+            try:
+                await self.refresh_terms()  # this replica reads its own write at once
+            except Exception as exc:  # written all the same: the follower retries
+                logger.warning("term lists not refreshed after a write: %s", str(exc)[:200])
         return answer
 
     async def add_image(
@@ -257,10 +264,10 @@ class Scenes:
             raise SchemaError(answer["error"])
         return answer
 
-    async def read(self, what: str, limit: int = 100) -> Any:
+    async def read(self, what: str, limit: int = 100, seq: int | None = None) -> Any:
         """A read-only view of the scenes (lists, terms, images, audit, reviews)."""
         self._require()
-        return await self._store.scenes_read.remote(what, limit)
+        return await self._store.scenes_read.remote(what, limit, seq)
 
     async def decisions(self, limit: int, actions: list[str] | None) -> list[dict[str, Any]]:
         """Recent decisions for the moderators, newest first."""

@@ -178,9 +178,22 @@ async def _review_image(request: Request) -> dict[str, Any]:
 
 
 @router.get("/v1/reviews", summary="The review audit, newest first", responses=ERROR_RESPONSES)
-async def review_audit(limit: int = 100) -> dict[str, Any]:
-    """Who reviewed what, when, the labels before and after (admin; append-only)."""
-    return {"reviews": await current().scenes.read("audit", _limit(limit))}
+async def review_audit(limit: int = 100, before_seq: int | None = None) -> dict[str, Any]:
+    """Who reviewed what, when, the labels before and after (admin; append-only). Page
+    back with ``before_seq`` = the last row's ``seq``."""
+    return {"reviews": await current().scenes.read("audit", _limit(limit), before_seq)}
+
+
+@router.get(
+    "/v1/reviews/latest",
+    summary="The reviewed set: the latest review of each image, oldest first",
+    responses=ERROR_RESPONSES,
+)
+async def reviewed_set(limit: int = 100, after_seq: int = 0) -> dict[str, Any]:
+    """Per reviewed image (near copies counted once): the reviewer's labels, the model's
+    before, who, when, a thumbnail (base64 JPEG) — the next model's training or evaluation
+    data (admin). Page on with ``after_seq`` = the last row's ``seq``."""
+    return {"reviews": await current().scenes.read("reviews", _limit(limit), after_seq)}
 
 
 @router.get(

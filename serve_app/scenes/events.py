@@ -20,6 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from serve_app.media.fingerprint import Fingerprint
 from serve_app.understanding.labels import Emotion, Intent
+from serve_app.understanding.normalize import normalize
 
 logger = logging.getLogger(__name__)
 
@@ -81,8 +82,18 @@ def _check_b64(text: str) -> str:
 
 def _clean_terms(terms: list[str]) -> list[str]:
     cleaned = list(dict.fromkeys(term.strip() for term in terms))
-    if any(not term for term in cleaned):
-        raise ValueError("terms must not be blank")
+    for term in cleaned:
+        if not term:
+            raise ValueError("terms must not be blank")
+        try:
+            term.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"term {term!r} is not valid Unicode text") from None
+        if not normalize(term):
+            raise ValueError(
+                f"term {term!r} has no letter or digit left after normalisation, so it "
+                "could never match"
+            )
     return cleaned
 
 

@@ -143,6 +143,35 @@ def test_guard_verdicts() -> None:
     assert verdict == Verdict.LIMITED and wait == pytest.approx(1.0)
 
 
+def test_admin_routes_need_the_admin_scope() -> None:
+    args = SecurityArgs.model_validate(
+        {
+            "api_keys": [
+                key_args("mod", "admin-plain", scopes=["analyze", "admin"]),
+                key_args("web", "read-plain"),
+            ],
+            "admin_keys_env": "ADMIN_KEYS",
+        }
+    )
+    guard = Guard.from_args(args, {"ADMIN_KEYS": "env-admin-plain"})
+    for path in ("/v1/lists", "/v1/lists/banned/terms", "/v1/reviews", "/v1/decisions/x/accept"):
+        assert guard.authorize(path, "Bearer read-plain")[0] == Verdict.NOT_ADMIN, path
+        verdict, _, key = guard.authorize(path, "Bearer admin-plain")
+        assert verdict is None and key is not None and key.name == "mod"
+        verdict, _, key = guard.authorize(path, "Bearer env-admin-plain")
+        assert verdict is None and key is not None and key.name == "admin-1"
+        assert guard.authorize(path, None)[0] == Verdict.MISSING
+    # Not admin routes: any key; a look-alike prefix is not an admin route.
+    for path in ("/v1/memes/analyze", "/v1/listsx", "/v1/policies"):
+        assert guard.authorize(path, "Bearer read-plain")[0] is None, path
+    with pytest.raises(ValidationError):
+        SecurityArgs.model_validate({"api_keys": [key_args("x", "p", scopes=["root"])]})
+    with pytest.raises(ValidationError, match="admin-"):
+        SecurityArgs.model_validate(
+            {"api_keys": [key_args("admin-1", "p")], "admin_keys_env": "ADMIN_KEYS"}
+        )
+
+
 def test_guard_without_keys_is_open() -> None:
     guard = Guard.from_args(SecurityArgs(), {})
     assert guard.check("/v1/memes/analyze", None) == (None, 0.0)
@@ -154,6 +183,7 @@ def test_security_defaults_keep_the_api_open() -> None:
     assert security.api_keys_env is None and security.cors_allow_origins == ()
     assert set(security.public_paths) == {
         "/",
+        "/review",  # the page; its API calls need an admin key
         "/healthz",
         "/readyz",
         "/docs",
