@@ -8,109 +8,53 @@ installs it), never one Playwright downloads. Screenshots go to artifacts/e2e/.
 from __future__ import annotations
 
 import base64
-import importlib.util
 import math
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
 import pytest
 
 from loadtest.corpus import MemeSpec, meme_bytes
-from tests.e2e.test_make_run import Service, shipped_profile_on_free_port, stop_and_check
-from tests.support.paths import ROOT
+from tests.e2e.browser import (
+    PHONE,
+    PageWatch,
+    chromium,
+    require_browser,
+    running_service,
+    watched_page,
+)
+from tests.e2e.browser import screenshot as _screenshot
+from tests.e2e.test_make_run import shipped_profile_on_free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Route
 
-ARTIFACTS = ROOT / "artifacts" / "e2e"
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"width": 390, "height": 844}
 RESULT_TIMEOUT_MS = 120_000
 SVG_AS_JPEG = b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>'
 ACTIONS_ZH = {"pass": "放行", "throttle": "限流", "tag": "标记复核", "block": "拦截"}
 
 
-def _require_browser() -> None:
-    """Skip without Chromium or Playwright, unless MEMESERVE_REQUIRE_BROWSER=1 (make sets it)."""
-    missing = []
-    if not CHROMIUM.is_file():
-        missing.append(f"{CHROMIUM} is missing (`make system-deps` installs Debian's chromium)")
-    if importlib.util.find_spec("playwright") is None:
-        missing.append("the playwright package is missing (`pip install -e '.[dev]'`)")
-    if missing:
-        reason = "web page browser test: " + "; ".join(missing)
-        if os.environ.get("MEMESERVE_REQUIRE_BROWSER") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-
-
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`make run` on a free-port copy of dev-cpu.yaml; stopped with Ctrl-C after the module."""
-    _require_browser()
+    require_browser()
     profile = shipped_profile_on_free_port("dev-cpu.yaml", tmp_path_factory.mktemp("web-profile"))
-    service = Service(profile)
-    try:
-        match = service.wait_for_line(r"memeserve: ready in [0-9.]+ s at (http://\S+)", 300)
-        url = match.group(1)
+    with running_service(profile) as url:
         yield url
-        stop_and_check(service, url)
-    finally:
-        service.ensure_stopped()
 
 
 @pytest.fixture(scope="module")
 def browser(service_url: str) -> Iterator[Browser]:
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            browser.close()
-
-
-class PageWatch:
-    """A fresh page plus what it did: requests, script errors, dialogs."""
-
-    def __init__(self, browser: Browser, viewport: dict[str, int]) -> None:
-        self.context = browser.new_context(viewport=viewport, locale="zh-CN")
-        self.page: Page = self.context.new_page()
-        self.requests: list[str] = []
-        self.errors: list[str] = []
-        self.dialogs: list[str] = []
-        self.page.on("request", lambda request: self.requests.append(request.url))
-        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
-        self.page.on("dialog", self._on_dialog)
-
-    def _on_dialog(self, dialog: Any) -> None:
-        self.dialogs.append(dialog.message)
-        dialog.dismiss()
+    with chromium() as browser:
+        yield browser
 
 
 @pytest.fixture
 def watch(browser: Browser) -> Iterator[PageWatch]:
-    watch = PageWatch(browser, DESKTOP)
-    try:
+    with watched_page(browser) as watch:
         yield watch
-    finally:
-        watch.context.close()
 
 
 def _meme(tmp_path: Path, template: int, name: str = "meme.png") -> tuple[Path, bytes]:
@@ -146,14 +90,6 @@ def _analyze(page: Page, image: Path, context: str = "") -> None:
     expect(page.get_by_test_id("submit")).to_be_enabled(timeout=RESULT_TIMEOUT_MS)
 
 
-def _screenshot(page: Page, name: str) -> Path:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    path = ARTIFACTS / name
-    page.screenshot(path=str(path), full_page=True)
-    assert path.stat().st_size > 10_000
-    return path
-
-
 def test_page_loads_with_no_request_beyond_the_service(watch: PageWatch, service_url: str) -> None:
     from playwright.sync_api import expect
 
@@ -172,11 +108,7 @@ def test_page_loads_with_no_request_beyond_the_service(watch: PageWatch, service
     expect(page.get_by_label("上下文（可选）", exact=False)).to_have_count(1)
 
     assert watch.requests, "the page made no request at all"
-    foreign = [
-        u
-        for u in watch.requests
-        if not (u.startswith(f"{service_url}/") or u.startswith(("data:", "blob:")))
-    ]
+    foreign = watch.foreign_requests(service_url)
     assert not foreign, f"requests beyond the service: {foreign}"
     assert not watch.errors, watch.errors
 
@@ -193,11 +125,7 @@ def test_the_api_docs_render_offline_from_the_service_alone(
     # Swagger UI rendered the document: one block per operation, the analyze route first.
     expect(page.locator(".swagger-ui .opblock").first).to_be_visible(timeout=30_000)
     expect(page.locator(".swagger-ui")).to_contain_text("/v1/memes/analyze")
-    foreign = [
-        u
-        for u in watch.requests
-        if not (u.startswith(f"{service_url}/") or u.startswith(("data:", "blob:")))
-    ]
+    foreign = watch.foreign_requests(service_url)
     assert not foreign, f"requests beyond the service: {foreign}"
     assert not watch.errors, watch.errors
     _screenshot(page, "docs.png")
