@@ -22,6 +22,7 @@ from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -118,6 +119,10 @@ def _batch_body(items: Sequence[tuple[str, ImageInput, str | None]]) -> dict[str
             for item_id, image, text in items
         ]
     }
+
+
+def _list_path(name: str) -> str:
+    return f"/v1/lists/{quote(name, safe='')}"
 
 
 def _headers(api_key: str | None) -> dict[str, str]:
@@ -222,6 +227,90 @@ class MemeServeClient:
     def status(self) -> dict[str, Any]:
         """``GET /v1/status``."""
         result: dict[str, Any] = self._request("GET", "/v1/status").json()
+        return result
+
+    # -- scenes admin: term and image lists, the review audit (admin scope) --------------
+
+    def lists(self) -> dict[str, dict[str, dict[str, int]]]:
+        """``GET /v1/lists``: list → ``{"terms": {action: count}, "images": {action: count}}``."""
+        result: dict[str, dict[str, dict[str, int]]] = self._request("GET", "/v1/lists").json()[
+            "lists"
+        ]
+        return result
+
+    def list_terms(self, name: str) -> dict[str, str]:
+        """``GET /v1/lists/{name}/terms``: term → action (empty for an unknown list)."""
+        result: dict[str, str] = self._request("GET", f"{_list_path(name)}/terms").json()["terms"]
+        return result
+
+    def add_terms(self, name: str, action: str, terms: Sequence[str]) -> dict[str, Any]:
+        """``POST /v1/lists/{name}/terms``: at most 10,000 terms, all with ``action``."""
+        body = {"action": action, "terms": list(terms)}
+        result: dict[str, Any] = self._request(
+            "POST", f"{_list_path(name)}/terms", json=body
+        ).json()
+        return result
+
+    def remove_terms(self, name: str, terms: Sequence[str]) -> dict[str, Any]:
+        """``POST /v1/lists/{name}/terms/remove``: at most 10,000 terms; absent ones are ignored."""
+        result: dict[str, Any] = self._request(
+            "POST", f"{_list_path(name)}/terms/remove", json={"terms": list(terms)}
+        ).json()
+        return result
+
+    def list_images(self, name: str) -> list[dict[str, Any]]:
+        """``GET /v1/lists/{name}/images``: entries (``entry_id``, ``action``, ``label``, …)."""
+        result: list[dict[str, Any]] = self._request("GET", f"{_list_path(name)}/images").json()[
+            "images"
+        ]
+        return result
+
+    def add_image(
+        self, name: str, image: ImageInput, action: str, label: str | None = None
+    ) -> dict[str, Any]:
+        """``POST /v1/lists/{name}/images``: the image and its near copies; ``entry_id`` back."""
+        filename = "image" if isinstance(image, bytes) else Path(image).name
+        files = {"image": (filename, _image_bytes(image), "application/octet-stream")}
+        data = {"action": action} if label is None else {"action": action, "label": label}
+        result: dict[str, Any] = self._request(
+            "POST", f"{_list_path(name)}/images", files=files, data=data
+        ).json()
+        return result
+
+    def remove_image(self, name: str, entry_id: str) -> dict[str, Any]:
+        """``POST /v1/lists/{name}/images/remove``: take the entry ``entry_id`` off the list."""
+        result: dict[str, Any] = self._request(
+            "POST", f"{_list_path(name)}/images/remove", json={"entry_id": entry_id}
+        ).json()
+        return result
+
+    def review_audit(self, limit: int = 100, before_seq: int | None = None) -> list[dict[str, Any]]:
+        """``GET /v1/reviews``: at most ``limit`` (1-500) audit rows, newest first.
+
+        Only rows with ``seq`` below ``before_seq`` when given: page back with the last
+        row's ``seq`` until a page is short. Each row: ``review_id``, ``seq``, ``at``,
+        ``reviewer``, ``key``, ``request_id``, ``before``, ``after``, ``note``.
+        """
+        params: dict[str, int] = {"limit": limit}
+        if before_seq is not None:
+            params["before_seq"] = before_seq
+        result: list[dict[str, Any]] = self._request("GET", "/v1/reviews", params=params).json()[
+            "reviews"
+        ]
+        return result
+
+    def reviewed_set(self, limit: int = 100, after_seq: int = 0) -> list[dict[str, Any]]:
+        """``GET /v1/reviews/latest``: the latest review of each reviewed image, oldest first.
+
+        At most ``limit`` (1-500) rows with ``seq`` above ``after_seq``: page on with the
+        last row's ``seq`` until a page is short. Each row: ``review_id``, ``seq``, ``at``,
+        ``reviewer``, ``labels`` (the reviewer's), ``before`` (the model's, or None),
+        ``request_id`` and ``thumbnail`` (base64 JPEG, or None).
+        """
+        params = {"limit": limit, "after_seq": after_seq}
+        result: list[dict[str, Any]] = self._request(
+            "GET", "/v1/reviews/latest", params=params
+        ).json()["reviews"]
         return result
 
 

@@ -123,6 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Serve's proxy answers timeouts and backpressure itself: this makes them our JSON.
     env.setdefault(PROXY_CALLBACK_ENV, PROXY_CALLBACK)
     command = [sys.executable, "-m", "ray.serve.scripts", "run", str(config)]
+    if not env.get("RAY_ADDRESS"):
+        # A Ray instance of its own: `serve run` would otherwise join whichever instance
+        # is already running on this machine (another service's, a test's, a benchmark's).
+        command += ["--address", "local"]
     print(f"memeserve: starting {config} ...", flush=True)
     started = time.monotonic()
     # Own process group: Ctrl-C reaches us once and we forward exactly one SIGINT,
@@ -272,6 +276,101 @@ def cmd_library(args: argparse.Namespace) -> int:
     return 1 if report.failed else 0
 
 
+def cmd_lists(args: argparse.Namespace) -> int:
+    """``lists import | export | stats | remove`` through a running service's admin API."""
+    from serve_app.ops.scenes_tool import run_lists
+
+    return run_lists(args)
+
+
+def cmd_reviews(args: argparse.Namespace) -> int:
+    """``reviews export``: the reviewed set (or ``--audit``) of a running service as JSON lines."""
+    from serve_app.ops.scenes_tool import run_reviews
+
+    return run_reviews(args)
+
+
+def _add_service_options(parser: argparse.ArgumentParser) -> None:
+    """``--url``, ``--api-key``, ``--timeout``, ``--retries`` of the commands over HTTP."""
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="an API key with the admin scope (default: $MEMESERVE_API_KEY)",
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds to wait for each answer (default 60)"
+    )
+    parser.add_argument(
+        "--retries", type=int, default=3, help="retries on 429/503 (honouring Retry-After)"
+    )
+
+
+def _add_scenes_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lists = sub.add_parser(
+        "lists", help="term and image lists of a running service: import, export, stats, remove"
+    )
+    lists_sub = lists.add_subparsers(dest="lists_command", required=True)
+    import_ = lists_sub.add_parser(
+        "import",
+        help="add the terms of FILE (.txt, .csv term[,action], .jsonl) or the images of a "
+        "directory to list NAME",
+    )
+    import_.add_argument(
+        "name", metavar="NAME", help="the list (lower-case letters, digits, _ . -)"
+    )
+    import_.add_argument(
+        "file", metavar="FILE", type=Path, help=".txt, .csv or .jsonl terms, or a directory"
+    )
+    import_.add_argument(
+        "--action",
+        required=True,
+        choices=("block", "review", "pass"),
+        help="the action of the terms (a .csv/.jsonl row's own action wins) or images",
+    )
+    import_.add_argument("--label", default=None, help="images' label (default: each file's name)")
+    export = lists_sub.add_parser("export", help="one list or every list as JSON lines")
+    export.add_argument(
+        "name", metavar="NAME", nargs="?", default=None, help="the list (default: every list)"
+    )
+    export.add_argument("--out", type=Path, default=None, help="file (default stdout)")
+    lists_sub.add_parser("stats", help="every list's terms and images, counted by action")
+    remove = lists_sub.add_parser("remove", help="take terms (or images) off list NAME")
+    remove.add_argument("name", metavar="NAME")
+    remove.add_argument("terms", nargs="*", metavar="TERM")
+    remove.add_argument(
+        "--image",
+        dest="images",
+        action="append",
+        default=[],
+        metavar="ENTRY_ID",
+        help="an image entry to remove (repeatable; ids as `lists export` shows them)",
+    )
+    for command in lists_sub.choices.values():
+        _add_service_options(command)
+        command.set_defaults(func=cmd_lists)
+
+    reviews = sub.add_parser(
+        "reviews", help="the reviewed set (or the review audit) of a running service"
+    )
+    reviews_sub = reviews.add_subparsers(dest="reviews_command", required=True)
+    reviews_export = reviews_sub.add_parser(
+        "export",
+        help="every reviewed image's latest review as JSON lines, oldest first (the "
+        "reviewer's labels, the model's labels before, a thumbnail): the next model's "
+        "training or evaluation file; with --audit, every review event, newest first",
+    )
+    reviews_export.add_argument("--out", type=Path, required=True, help="the JSON lines file")
+    reviews_export.add_argument(
+        "--audit",
+        action="store_true",
+        help="write the whole review audit (labels before and after, note, key) instead, "
+        "newest first",
+    )
+    _add_service_options(reviews_export)
+    reviews_export.set_defaults(func=cmd_reviews)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="memeserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -354,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out_dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_tiny_glm4v)
+
+    _add_scenes_commands(sub)
     return parser
 
 
