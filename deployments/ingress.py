@@ -40,7 +40,7 @@ def _replica_summary() -> dict[str, Any]:
 class Ingress:
     """HTTP front of the graph."""
 
-    def __init__(
+    async def __init__(  # type: ignore[misc]
         self,
         args: dict[str, Any],
         preprocessor: DeploymentHandle,
@@ -63,7 +63,13 @@ class Ingress:
             replicas=_replica_summary,
         )
         bind_service(self._service)
+        # Jobs resume after a restart without waiting for a request to arrive.
+        self._service.jobs.start()
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply the scene policies of ``user_config`` live (strict; no replica restart)."""
         self._service.scenes.reconfigure(IngressUserConfig.model_validate(user_config))
+
+    async def __del__(self) -> None:
+        await self._service.jobs.stop()
+        await self._service.scenes.stop()

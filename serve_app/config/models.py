@@ -601,6 +601,73 @@ class ScenesArgs(StrictModel):
         return value.expanduser().absolute()
 
 
+class JobsArgs(StrictModel):
+    """Async jobs (``/v1/jobs``): where they persist, limits, workers and callbacks."""
+
+    enabled: bool = Field(True, description="Serve /v1/jobs and run job workers.")
+    backend: Literal["memory", "sqlite", "redis"] | None = Field(
+        None,
+        description="Where jobs persist; null: the library's backend (cache.backend, with "
+        "cache.redis_url for redis). memory: one Ingress replica only, lost on restart.",
+    )
+    sqlite_path: Path = Field(
+        Path(".memeserve/jobs.sqlite3"),
+        description="SQLite file of the jobs (relative to the start directory).",
+    )
+    redis_prefix: str = Field(
+        "memeserve:jobs:", min_length=1, description="Key prefix in Redis (cache.redis_url)."
+    )
+    max_items: int = Field(1000, ge=1, le=100_000, description="Items per job (422 beyond).")
+    max_open_jobs: int = Field(
+        5, ge=1, le=10_000, description="Unfinished jobs per API key (429 beyond)."
+    )
+    workers: int = Field(
+        2,
+        ge=0,
+        le=256,
+        description="Items each Ingress replica analyses at once for jobs (0: this replica "
+        "runs no job work). They go through the same admission control as requests.",
+    )
+    lease_s: float = Field(
+        120.0,
+        gt=0,
+        le=3600,
+        description="Seconds a claimed item stays with a replica; past it (a replica died) "
+        "another replica takes it. Keep it above request_timeout_s.",
+    )
+    poll_s: float = Field(
+        0.5, gt=0, le=60, description="Seconds an idle worker waits before looking again."
+    )
+    callback_hosts: tuple[str, ...] = Field(
+        (),
+        description="Hosts a callback_url may name (exact, or *.example.com for its "
+        "subdomains); empty: no callbacks.",
+    )
+    callback_secrets_env: str | None = Field(
+        None,
+        min_length=1,
+        description="Environment variable of comma-separated KEYNAME=SECRET pairs: the "
+        "HMAC secret for each API key's callbacks (anonymous on an open service).",
+    )
+    callback_attempts: int = Field(
+        5, ge=1, le=50, description="Deliveries tried before a callback is marked failed."
+    )
+    callback_backoff_s: float = Field(
+        1.0, gt=0, le=3600, description="Wait before the second try; doubles each time."
+    )
+    callback_timeout_s: float = Field(
+        10.0, gt=0, le=300, description="Seconds one delivery may take."
+    )
+    retention_s: float = Field(
+        7 * 24 * 3600.0, gt=0, description="Finished jobs and their results are kept this long."
+    )
+
+    @field_validator("sqlite_path")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().absolute()
+
+
 class AppArgs(StrictModel):
     """The ``args`` of ``deployments.app:build_app`` in every Serve config."""
 
@@ -615,6 +682,9 @@ class AppArgs(StrictModel):
         description="Term and image lists, reviews, decisions (policies: the Ingress's "
         "user_config).",
     )
+    jobs: JobsArgs = Field(
+        default_factory=JobsArgs, description="Async jobs with signed callbacks (/v1/jobs)."
+    )
     request_timeout_s: Annotated[float, Field(gt=0, le=600)] = Field(
         60.0, description="Deadline for one analysis end to end (else 504)."
     )
@@ -624,8 +694,14 @@ class AppArgs(StrictModel):
 
     @model_validator(mode="after")
     def _scenes_backend(self) -> AppArgs:
-        if self.scenes.backend == "redis" and not self.cache.redis_url:
-            raise ValueError("scenes.backend 'redis' needs cache.redis_url")
+        for name, backend in (("scenes", self.scenes.backend), ("jobs", self.jobs.backend)):
+            if backend == "redis" and not self.cache.redis_url:
+                raise ValueError(f"{name}.backend 'redis' needs cache.redis_url")
+        if self.jobs.lease_s <= self.request_timeout_s:
+            raise ValueError(
+                f"jobs.lease_s ({self.jobs.lease_s:g}) must be above request_timeout_s "
+                f"({self.request_timeout_s:g}): a lease must outlive the analysis it covers"
+            )
         return self
 
 

@@ -24,6 +24,7 @@ from serve_app.http.body import parse_analyze_input, parse_batch_input
 from serve_app.http.current import current
 from serve_app.http.errors import install_error_handlers
 from serve_app.http.headers import POLICY_HEADER, REQUEST_TIMEOUT_HEADER, request_timeout_s
+from serve_app.http.jobs_routes import router as jobs_router
 from serve_app.http.middleware import RequestIdMiddleware
 from serve_app.http.openapi import (
     ANALYZE_BODY,
@@ -67,6 +68,7 @@ app.add_middleware(SecurityMiddleware)
 app.add_middleware(RequestIdMiddleware)
 install_error_handlers(app)
 app.include_router(scenes_router)
+app.include_router(jobs_router)
 
 
 @app.post(

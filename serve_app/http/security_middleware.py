@@ -87,7 +87,9 @@ class SecurityMiddleware:
         verdict, wait_s, key = state.guard.authorize(scope["path"], authorization)
         if verdict is None:
             # Who asked, for the audit of admin writes (None: the API is open).
-            scope.setdefault("state", {})["api_key"] = key.name if key is not None else None
+            state = scope.setdefault("state", {})
+            state["api_key"] = key.name if key is not None else None
+            state["api_key_admin"] = key is not None and "admin" in key.scopes
             await self.app(scope, receive, send)
             return
         error: MemeServeError

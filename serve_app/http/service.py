@@ -22,6 +22,7 @@ from serve_app.engines.base import EngineOutput
 from serve_app.errors import DeadlineExceeded, SchemaError, ServiceUnavailable
 from serve_app.http.body import decode_base64_image
 from serve_app.http.errors import error_parts
+from serve_app.http.jobs import Jobs
 from serve_app.http.scenes import Scenes
 from serve_app.http.sse import ExplanationTap, sse
 from serve_app.http.wire import BatchItem, BatchRequest
@@ -165,6 +166,7 @@ class IngressService:
         self._levels = LevelFollower(self._report_load)
         self.body_limit = int(args.limits.max_bytes * _BODY_OVERHEAD_RATIO + _BODY_OVERHEAD_BYTES)
         self.scenes = Scenes(args.scenes, store, preprocessor)
+        self.jobs = Jobs(args, self)
 
     async def analyze(
         self,

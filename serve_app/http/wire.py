@@ -155,3 +155,21 @@ class ImageReview(ReviewLabels):
     image_base64: str = Field(min_length=1, description="The image bytes, base64.")
     reviewer: str | None = Field(None, max_length=64, description="Who reviewed.")
     note: str | None = Field(None, max_length=2000, description="Why, for the audit.")
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+class JobRequest(_Model):
+    """``POST /v1/jobs``: items as the batch route's, a policy, an optional callback."""
+
+    items: list[BatchItem] = Field(min_length=1, description="Memes; at most jobs.max_items.")
+    policy: str | None = Field(
+        None, max_length=64, description="Scene policy for items without their own."
+    )
+    callback_url: str | None = Field(
+        None,
+        max_length=2000,
+        description="Where the finished job is POSTed, signed (x-memeserve-signature); its "
+        "host must be on jobs.callback_hosts.",
+    )
