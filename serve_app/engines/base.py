@@ -58,6 +58,9 @@ class EngineRequest:
     """The level's route: ``engine`` (the configured one) or ``lite`` (the fallback)."""
     deadline: float | None = None
     """Absolute ``time.time()`` after which the answer is useless."""
+    image_key: str | None = None
+    """Content key of ``image`` (pixel hash and size), or None; an engine with a
+    multimodal cache may use it instead of hashing the pixels again."""
 
     def check_deadline(self) -> None:
         """Raise :class:`DeadlineExceeded` if the deadline has passed."""

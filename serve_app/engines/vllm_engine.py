@@ -34,6 +34,10 @@ from serve_app.understanding.prompts import analysis_json_schema, build_messages
 
 logger = logging.getLogger(__name__)
 
+_DEAD_RETRY_AFTER_S: Final[float] = 10.0
+"""Retry-After for requests refused by a replica whose vLLM engine process died: Serve's
+health check restarts the replica (health_check_period_s) and the next one answers."""
+
 # Defaults we rely on; a profile may override any of them explicitly.
 _ENGINE_DEFAULTS: Final[dict[str, Any]] = {
     # The system prompt is shared by every request: its KV blocks are computed once.
@@ -43,6 +47,12 @@ _ENGINE_DEFAULTS: Final[dict[str, Any]] = {
     # Stats must stay on: the load controller's queue and KV-cache figures come
     # from the StatLogger that vLLM feeds with them.
     "disable_log_stats": False,
+    # Whitespace-free JSON grammar. vLLM reads this flag from the engine's config only
+    # (0.32: the xgrammar and guidance backends ignore the per-request
+    # StructuredOutputsParams.disable_any_whitespace), and refuses it with backend
+    # "auto". Without it a looping or random model fills its budget with whitespace
+    # between two keys, and the raw text is never valid JSON.
+    "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
 }
 
 
@@ -126,7 +136,12 @@ def _stat_logger_factory(figures: _SchedulerFigures) -> Any:
             engine_idx: int = 0,
         ) -> None:
             if scheduler_stats is not None:
-                figures.waiting = scheduler_stats.num_waiting_reqs
+                # vLLM 0.32 counts a request that waits for a free sequence slot
+                # (max_num_seqs) or its grammar as "skipped" (deferred), not as
+                # waiting: both are queued work for the load controller.
+                figures.waiting = scheduler_stats.num_waiting_reqs + getattr(
+                    scheduler_stats, "num_skipped_waiting_reqs", 0
+                )
                 figures.kv_cache_usage = scheduler_stats.kv_cache_usage
 
         def log_engine_initialized(self) -> None:
@@ -181,7 +196,7 @@ class VllmEngine(Engine):
         if self._llm is None:
             raise ServiceUnavailable("vllm engine is not started", retry_after_s=5.0)
         if self._llm.errored:
-            raise ServiceUnavailable("vllm engine is dead")
+            raise ServiceUnavailable("vllm engine is dead", retry_after_s=_DEAD_RETRY_AFTER_S)
 
     async def shutdown(self) -> None:
         if self._llm is not None:
@@ -203,11 +218,17 @@ class VllmEngine(Engine):
             tokenize=False,
             enable_thinking=False,
         )
-        return {
+        prompt: dict[str, Any] = {
             "prompt": text,
             "multi_modal_data": {"image": Image.fromarray(request.image)},
             "mm_processor_kwargs": {"size": processor_size(request.max_visual_tokens)},
         }
+        if request.image_key is not None:
+            # vLLM keys its multimodal caches by this id instead of hashing the pixels;
+            # it still hashes it together with mm_processor_kwargs, so one image at two
+            # levels' budgets stays two entries.
+            prompt["multi_modal_uuids"] = {"image": [request.image_key]}
+        return prompt
 
     async def _outputs(self, request: EngineRequest, stream: bool) -> AsyncIterator[Any]:
         """vLLM's outputs for ``request``; aborted on cancellation or deadline."""
@@ -231,11 +252,18 @@ class VllmEngine(Engine):
         except MemeServeError:
             raise
         except Exception as exc:
+            if self._llm.errored:
+                # EngineDeadError: the engine process is gone (killed, OOM); every
+                # request of this replica fails until Serve replaces it.
+                logger.error("vllm engine died during %s: %s", request.request_id, exc)
+                raise ServiceUnavailable(
+                    "vllm engine is dead", retry_after_s=_DEAD_RETRY_AFTER_S
+                ) from exc
             logger.exception("vllm generate failed for %s", request.request_id)
             raise EngineError(f"vllm engine failed: {type(exc).__name__}") from exc
         finally:
             self._in_flight -= 1
-            if not finished:
+            if not finished and not self._llm.errored:
                 await self._abort(request.request_id)
 
     async def _abort(self, request_id: str) -> None:
@@ -253,6 +281,10 @@ class VllmEngine(Engine):
         if final is None or not final.outputs:
             raise EngineError("vllm returned no output")
         completion = final.outputs[0]
+        if completion.finish_reason == "length" and self._args.vllm.structured_output:
+            logger.warning(
+                "vllm request %s hit max_tokens before its JSON closed", request.request_id
+            )
         return EngineOutput(
             text=completion.text,
             engine=self.name,

@@ -107,14 +107,17 @@ class Glm4vDims:
     max_positions: int
 
 
+# head_dim 64 (128 / 2 heads): vLLM's CPU attention kernels refuse head sizes below 32
+# (16 was the old tiny size), and the same checkpoint must load in both engines.
+# GQA as in GLM (2 query heads per KV head); M-RoPE split like GLM's [8, 12, 12] halved.
 TINY_DIMS: Final[Glm4vDims] = Glm4vDims(
     text_layers=2,
-    text_hidden=64,
-    text_heads=4,
-    kv_heads=2,
-    text_intermediate=128,
+    text_hidden=128,
+    text_heads=2,
+    kv_heads=1,
+    text_intermediate=256,
     vocab_size=None,
-    mrope_section=(2, 1, 1),
+    mrope_section=(4, 6, 6),
     vision_depth=2,
     vision_hidden=32,
     vision_heads=2,

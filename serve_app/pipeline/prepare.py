@@ -166,6 +166,8 @@ def build_request(
         level=row.level,
         route=row.route,
         deadline=deadline,
+        # The resized image is a function of the decoded pixels and its size.
+        image_key=f"{keyed.key.fingerprint.exact}@{resized.width}x{resized.height}",
     )
     info = ImageInfo(
         width=decoded.width,

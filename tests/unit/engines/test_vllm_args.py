@@ -28,6 +28,11 @@ def test_defaults_fill_in_what_production_relies_on() -> None:
     assert kwargs["enable_prefix_caching"] is True
     assert kwargs["limit_mm_per_prompt"] == {"image": 1, "video": 0}
     assert kwargs["disable_log_stats"] is False  # the load figures come from stats
+    # Whitespace-free JSON grammar: an engine-level switch, xgrammar named explicitly.
+    assert kwargs["structured_outputs_config"] == {
+        "backend": "xgrammar",
+        "disable_any_whitespace": True,
+    }
     # The engine-level image cap equals the largest level budget (memory profiling).
     assert kwargs["mm_processor_kwargs"] == {"size": processor_size(1024)}
     assert processor_size(1024)["longest_edge"] == 2 * 28 * 28 * 1024
