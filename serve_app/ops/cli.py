@@ -290,6 +290,27 @@ def cmd_reviews(args: argparse.Namespace) -> int:
     return run_reviews(args)
 
 
+def cmd_scan(args: argparse.Namespace) -> int:
+    """``scan INPUT --out OUT``: offline bulk analysis on Ray Data (resumable)."""
+    from serve_app.ops.scan import ScanOptions, main_scan
+
+    try:
+        options = ScanOptions(
+            source=args.input,
+            out=args.out,
+            config=args.config,
+            concurrency=args.concurrency,
+            batch_size=args.batch_size,
+            num_cpus=args.num_cpus,
+            engine_cpus=args.engine_cpus,
+            engine_gpus=args.engine_gpus,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return main_scan(options)
+
+
 def _add_service_options(parser: argparse.ArgumentParser) -> None:
     """``--url``, ``--api-key``, ``--timeout``, ``--retries`` of the commands over HTTP."""
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="service base URL")
@@ -453,6 +474,44 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("out_dir", type=Path)
     tiny.add_argument("--seed", type=int, default=0)
     tiny.set_defaults(func=cmd_tiny_glm4v)
+
+    scan = sub.add_parser(
+        "scan",
+        help="analyse every image of a directory or a JSONL/Parquet manifest offline on Ray "
+        "Data; JSONL and Parquet parts in OUT; a rerun skips what is done",
+    )
+    scan.add_argument(
+        "input",
+        type=Path,
+        metavar="INPUT",
+        help="a directory of images, or a .jsonl/.parquet manifest of {id, path, text}",
+    )
+    scan.add_argument("--out", type=Path, required=True, help="the output folder")
+    scan.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"Serve profile: engine, limits, library, Structurer (default {DEFAULT_CONFIG})",
+    )
+    scan.add_argument(
+        "--concurrency", type=int, default=2, help="engine actors, one engine each (default 2)"
+    )
+    scan.add_argument(
+        "--batch-size", type=int, default=32, help="items per block and per part (default 32)"
+    )
+    scan.add_argument(
+        "--num-cpus",
+        type=int,
+        default=None,
+        help="CPUs of the embedded local Ray (default: all); ignored with RAY_ADDRESS",
+    )
+    scan.add_argument(
+        "--engine-cpus", type=float, default=0.5, help="CPUs reserved per engine actor (0.5)"
+    )
+    scan.add_argument(
+        "--engine-gpus", type=float, default=0.0, help="GPUs reserved per engine actor (0)"
+    )
+    scan.set_defaults(func=cmd_scan)
 
     _add_scenes_commands(sub)
     return parser
