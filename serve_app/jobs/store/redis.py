@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Final, TypeVar
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 from serve_app.jobs.store.base import (
     FINISHED_STATES,
@@ -26,11 +26,9 @@ from serve_app.jobs.store.base import (
     result_row,
     short_error,
 )
-from serve_app.library.backends import LibraryUnavailable, redact_url
+from serve_app.library.backends.plumbing import RedisConnection, import_redis
 
 logger = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 CHUNK: Final[int] = 1000
 """Items per command when a job's items are written or deleted."""
@@ -225,32 +223,20 @@ class RedisJobStore(JobStore):
         socket_timeout_s: float = 5.0,
         connect_timeout_s: float = 2.0,
     ) -> None:
-        try:
-            import redis
-            from redis.backoff import ExponentialBackoff
-            from redis.retry import Retry
-        except ImportError as exc:  # pragma: no cover - redis is a declared dependency
-            raise LibraryUnavailable(
-                "the redis job store needs the redis client: pip install redis"
-            ) from exc
+        redis = import_redis("redis job store")
         if not prefix:
             raise ValueError("prefix must not be empty")
-        self._redis = redis
-        self.location = redact_url(url)
         self.prefix = prefix
         self._p = f"{prefix}jobs:"
-        self._closed = False
-        try:
-            # Any: redis-py's return types are unions over its sync and async clients.
-            self._client: Any = redis.Redis.from_url(
-                url,
-                socket_timeout=socket_timeout_s,
-                socket_connect_timeout=connect_timeout_s,
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-                health_check_interval=30,
-            )
-        except ValueError as exc:
-            raise ValueError(f"bad redis URL {self.location}: {exc}") from None
+        self._conn = RedisConnection(
+            redis,
+            url,
+            "redis job store",
+            socket_timeout_s=socket_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+        )
+        self._client: Any = self._conn.client
+        self.location = self._conn.location
         register = self._client.register_script
         self._claim: Any = register(_CLAIM)
         self._complete: Any = register(_COMPLETE)
@@ -258,17 +244,6 @@ class RedisJobStore(JobStore):
         self._cancel: Any = register(_CANCEL)
         self._claim_callback: Any = register(_CLAIM_CALLBACK)
         self._record_callback: Any = register(_RECORD_CALLBACK)
-
-    def _call(self, what: str, action: Callable[[], _T]) -> _T:
-        """Run ``action``; turn client errors into ``LibraryUnavailable``."""
-        if self._closed:
-            raise LibraryUnavailable(f"redis job store {self.location} is closed")
-        try:
-            return action()
-        except self._redis.RedisError as exc:
-            raise LibraryUnavailable(
-                f"redis job store {self.location} failed to {what}: {type(exc).__name__}: {exc}"
-            ) from exc
 
     def _job_key(self, job_id: str) -> str:
         return f"{self._p}j:{job_id}"
@@ -280,7 +255,7 @@ class RedisJobStore(JobStore):
         check_new_job(job, items)
         job_id = new_job_id()
         fields = {k: v for k, v in new_job_fields(job, now).items() if v is not None}
-        return self._call("create a job", lambda: self._create(job_id, fields, items))
+        return self._conn.call("create a job", lambda: self._create(job_id, fields, items))
 
     def _create(self, job_id: str, fields: dict[str, Any], items: Sequence[NewItem]) -> str:
         seq = int(self._client.incr(f"{self._p}counter"))
@@ -308,7 +283,7 @@ class RedisJobStore(JobStore):
     def claim(self, worker: str, limit: int, lease_s: float, now: float) -> list[Claimed]:
         check_claim(worker, limit, lease_s)
         args = [self._p, worker, limit, float(now), float(now) + lease_s]
-        rows = self._call("claim items", lambda: self._claim(keys=[], args=args))
+        rows = self._conn.call("claim items", lambda: self._claim(keys=[], args=args))
         return [
             Claimed(
                 job_id=job_id.decode("ascii"),
@@ -330,24 +305,24 @@ class RedisJobStore(JobStore):
             return False
         args = [self._p, job_id, _member(index), worker, float(now), status, encoded]
         args.append("1" if status != 200 else "0")
-        return bool(self._call("complete an item", lambda: self._complete(keys=[], args=args)))
+        return bool(self._conn.call("complete an item", lambda: self._complete(keys=[], args=args)))
 
     def release(self, job_id: str, index: int, worker: str, retry_at: float) -> None:
         if index < 0 or not is_job_id(job_id):
             return
         args = [self._p, job_id, _member(index), worker, float(retry_at)]
-        self._call("release an item", lambda: self._release(keys=[], args=args))
+        self._conn.call("release an item", lambda: self._release(keys=[], args=args))
 
     def cancel(self, job_id: str, now: float) -> bool:
         if not is_job_id(job_id):
             return False
         args = [self._p, job_id, float(now)]
-        return bool(self._call("cancel a job", lambda: self._cancel(keys=[], args=args)))
+        return bool(self._conn.call("cancel a job", lambda: self._cancel(keys=[], args=args)))
 
     def get(self, job_id: str) -> JobView | None:
         if not is_job_id(job_id):
             return None
-        data = self._call("read a job", lambda: self._client.hgetall(self._job_key(job_id)))
+        data = self._conn.call("read a job", lambda: self._client.hgetall(self._job_key(job_id)))
         return self._view(job_id, data)
 
     @staticmethod
@@ -360,7 +335,7 @@ class RedisJobStore(JobStore):
         check_page(offset, limit)
         if not is_job_id(job_id):
             return []
-        return self._call("read results", lambda: self._results(job_id, offset, limit))
+        return self._conn.call("read results", lambda: self._results(job_id, offset, limit))
 
     def _results(self, job_id: str, offset: int, limit: int) -> list[dict[str, Any]]:
         members = self._client.zrange(f"{self._p}r:{job_id}", offset, offset + limit - 1)
@@ -375,7 +350,7 @@ class RedisJobStore(JobStore):
         return [result_row(*row) for row in rows if row[0] is not None]
 
     def open_jobs(self, owner: str | None) -> int:
-        return self._call("count open jobs", lambda: self._open_jobs(owner))
+        return self._conn.call("count open jobs", lambda: self._open_jobs(owner))
 
     def _open_jobs(self, owner: str | None) -> int:
         ids = self._client.zrange(f"{self._p}open", 0, -1)
@@ -391,7 +366,7 @@ class RedisJobStore(JobStore):
 
     def callbacks_due(self, now: float, limit: int = 100) -> list[JobView]:
         check_page(0, limit)
-        return self._call("list due callbacks", lambda: self._callbacks_due(now, limit))
+        return self._conn.call("list due callbacks", lambda: self._callbacks_due(now, limit))
 
     def _callbacks_due(self, now: float, limit: int) -> list[JobView]:
         ids = self._client.zrangebyscore(f"{self._p}callbacks", "-inf", float(now), 0, limit)
@@ -418,7 +393,7 @@ class RedisJobStore(JobStore):
             return False
         args = [self._p, job_id, worker, float(now), float(now) + lease_s]
         return bool(
-            self._call("claim a callback", lambda: self._claim_callback(keys=[], args=args))
+            self._conn.call("claim a callback", lambda: self._claim_callback(keys=[], args=args))
         )
 
     def record_callback(
@@ -441,10 +416,10 @@ class RedisJobStore(JobStore):
             float(now),
             "0" if error is None else "1",
         ]
-        self._call("record a callback", lambda: self._record_callback(keys=[], args=args))
+        self._conn.call("record a callback", lambda: self._record_callback(keys=[], args=args))
 
     def purge(self, older_than: float) -> int:
-        return self._call("purge jobs", lambda: self._purge(older_than))
+        return self._conn.call("purge jobs", lambda: self._purge(older_than))
 
     def _purge(self, older_than: float) -> int:
         removed = 0
@@ -474,6 +449,4 @@ class RedisJobStore(JobStore):
         return {"kind": self.kind, "location": self.location, "prefix": self.prefix}
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._client.close()
+        self._conn.close()

@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import logging
-import random
 import sqlite3
-import threading
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -31,7 +27,12 @@ from serve_app.jobs.store.base import (
     result_row,
     short_error,
 )
-from serve_app.library.backends import LibrarySchemaError, LibraryUnavailable
+from serve_app.library.backends.plumbing import (
+    SqliteConnection,
+    check_columns,
+    check_schema_version,
+    table_schema_version,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -96,90 +97,22 @@ class SqliteJobStore(JobStore):
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
-        self._busy_timeout_s = busy_timeout_s
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                self.path,
-                timeout=busy_timeout_s,
-                isolation_level=None,  # autocommit; transactions are explicit
-                check_same_thread=False,  # guarded by self._lock instead
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise LibraryUnavailable(f"cannot open job store {self.path}: {exc}") from exc
-        try:
-            self._setup()
-        except BaseException:
-            self.close()
-            raise
+        self._db = SqliteConnection(
+            self.path, "job store", self._setup, busy_timeout_s=busy_timeout_s, logger=logger
+        )
 
-    def _setup(self) -> None:
-        # SQLite may answer "locked" at once while another process creates the same file,
-        # so switching to WAL is retried until the busy timeout.
-        deadline = time.monotonic() + self._busy_timeout_s
-        while True:
-            try:
-                with self._locked() as conn:
-                    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                    conn.execute("PRAGMA synchronous=NORMAL")
-                break
-            except LibraryUnavailable as exc:
-                cause = exc.__cause__
-                locked = isinstance(cause, sqlite3.OperationalError) and (
-                    "locked" in str(cause) or "busy" in str(cause)
-                )
-                if not locked or time.monotonic() > deadline:
-                    raise
-                time.sleep(random.uniform(0.005, 0.05))
-        if str(mode).lower() != "wal":
-            logger.warning("job store %s is in journal mode %s, not WAL", self.path, mode)
-        with self._transaction() as conn:
-            conn.execute("CREATE TABLE IF NOT EXISTS jobs_schema (version INTEGER NOT NULL)")
-            row = conn.execute("SELECT MAX(version) FROM jobs_schema").fetchone()
-            version = 0 if row[0] is None else int(row[0])
-            if version > SCHEMA_VERSION:
-                raise LibrarySchemaError(
-                    f"job store {self.path} has schema version {version}, newer than "
-                    f"{SCHEMA_VERSION} which this memeserve understands"
-                )
-            conn.execute(_JOBS_SQL)
-            conn.execute(_ITEMS_SQL)
-            for statement in _INDEXES:
-                conn.execute(statement)
-            if version == 0:
-                conn.execute("INSERT INTO jobs_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-                logger.info("created job store in %s", self.path)
-            for table, expected in (("jobs", _JOB_COLUMNS), ("job_items", _ITEM_COLUMNS)):
-                present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
-                if present != expected:
-                    raise LibrarySchemaError(
-                        f"job store {self.path}: table {table} has columns {sorted(present)}, "
-                        f"expected {sorted(expected)}"
-                    )
-
-    @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._conn is None:
-                raise LibraryUnavailable(f"job store {self.path} is closed")
-            try:
-                yield self._conn
-            except sqlite3.DatabaseError as exc:
-                raise LibraryUnavailable(f"job store {self.path}: {exc}") from exc
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``: takes the write lock up front)."""
-        with self._locked() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        version = table_schema_version(conn, "jobs")
+        check_schema_version(version, SCHEMA_VERSION, f"job store {self.path}")
+        conn.execute(_JOBS_SQL)
+        conn.execute(_ITEMS_SQL)
+        for statement in _INDEXES:
+            conn.execute(statement)
+        if version == 0:
+            conn.execute("INSERT INTO jobs_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            logger.info("created job store in %s", self.path)
+        for table, expected in (("jobs", _JOB_COLUMNS), ("job_items", _ITEM_COLUMNS)):
+            check_columns(conn, table, expected, f"job store {self.path}: table {table}")
 
     def create(self, job: NewJob, items: Sequence[NewItem], now: float) -> str:
         check_new_job(job, items)
@@ -187,7 +120,7 @@ class SqliteJobStore(JobStore):
         fields = new_job_fields(job, now)
         names = ", ".join(fields)
         marks = ", ".join(f":{name}" for name in fields)
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             seq = conn.execute(
                 f"INSERT INTO jobs (job_id, {names}) VALUES (:job_id, {marks})",
                 {"job_id": job_id, **fields},
@@ -206,7 +139,7 @@ class SqliteJobStore(JobStore):
         check_claim(worker, limit, lease_s)
         lease_until = float(now) + lease_s
         claimed: list[Claimed] = []
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             jobs = conn.execute(
                 f"SELECT seq, job_id, policy, state FROM jobs WHERE state IN {_OPEN} ORDER BY seq"
             ).fetchall()
@@ -245,7 +178,7 @@ class SqliteJobStore(JobStore):
         self, job_id: str, index: int, worker: str, outcome: Mapping[str, Any], now: float
     ) -> bool:
         status, encoded = encode_outcome(outcome)
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             updated = conn.execute(
                 "UPDATE job_items SET state = 'done', worker = NULL, ready_at = NULL, "
                 "image = NULL, status = ?, outcome = ? "
@@ -267,7 +200,7 @@ class SqliteJobStore(JobStore):
         return True
 
     def release(self, job_id: str, index: int, worker: str, retry_at: float) -> None:
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             conn.execute(
                 "UPDATE job_items SET state = 'pending', worker = NULL, ready_at = ? "
                 f"WHERE job_seq = (SELECT seq FROM jobs WHERE job_id = ? AND state IN {_OPEN}) "
@@ -276,7 +209,7 @@ class SqliteJobStore(JobStore):
             )
 
     def cancel(self, job_id: str, now: float) -> bool:
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             row = conn.execute(
                 "UPDATE jobs SET state = 'cancelled', finished_at = :now, "
                 "cb_next_at = CASE WHEN cb_state = 'pending' THEN :now ELSE cb_next_at END "
@@ -293,13 +226,13 @@ class SqliteJobStore(JobStore):
         return True
 
     def get(self, job_id: str) -> JobView | None:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             row = conn.execute(f"{_SELECT_JOB} WHERE job_id = ?", (job_id,)).fetchone()
         return None if row is None else _view(row)
 
     def results(self, job_id: str, offset: int = 0, limit: int = 100) -> list[dict[str, Any]]:
         check_page(offset, limit)
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             rows = conn.execute(
                 "SELECT item_id, status, outcome FROM job_items "
                 "WHERE job_seq = (SELECT seq FROM jobs WHERE job_id = ?) AND state = 'done' "
@@ -309,7 +242,7 @@ class SqliteJobStore(JobStore):
         return [result_row(*row) for row in rows]
 
     def open_jobs(self, owner: str | None) -> int:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             row = conn.execute(
                 f"SELECT COUNT(*) FROM jobs WHERE owner IS ? AND state IN {_OPEN}", (owner,)
             ).fetchone()
@@ -317,7 +250,7 @@ class SqliteJobStore(JobStore):
 
     def callbacks_due(self, now: float, limit: int = 100) -> list[JobView]:
         check_page(0, limit)
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             # cb_next_at is set only once a job is finished, so no test of its state here:
             # that lets the planner walk the small jobs_callbacks index.
             rows = conn.execute(
@@ -331,7 +264,7 @@ class SqliteJobStore(JobStore):
     def claim_callback(self, job_id: str, worker: str, lease_s: float, now: float) -> bool:
         check_worker(worker)
         check_lease(lease_s)
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             updated = conn.execute(
                 "UPDATE jobs SET cb_worker = :worker, cb_lease_until = :until "
                 f"WHERE job_id = :job_id AND state IN {_FINISHED} AND cb_state = 'pending' "
@@ -360,7 +293,7 @@ class SqliteJobStore(JobStore):
             state, delivered_at, next_at = "failed", None, None
         else:
             state, delivered_at, next_at = "pending", None, float(next_attempt_at)
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             conn.execute(
                 "UPDATE jobs SET cb_attempts = cb_attempts + 1, "
                 "cb_last_error = COALESCE(:error, cb_last_error), cb_worker = NULL, "
@@ -379,7 +312,7 @@ class SqliteJobStore(JobStore):
 
     def purge(self, older_than: float) -> int:
         old = f"state IN {_FINISHED} AND finished_at < ?"
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             conn.execute(
                 f"DELETE FROM job_items WHERE job_seq IN (SELECT seq FROM jobs WHERE {old})",
                 (float(older_than),),
@@ -387,12 +320,9 @@ class SqliteJobStore(JobStore):
             return conn.execute(f"DELETE FROM jobs WHERE {old}", (float(older_than),)).rowcount
 
     def describe(self) -> dict[str, Any]:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             jobs = int(conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0])
         return {"kind": self.kind, "location": str(self.path), "jobs": jobs}
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()

@@ -42,7 +42,8 @@ from serve_app.library.backends.base import (
     validate_record,
 )
 from serve_app.library.backends.memory import MemoryBackend
-from serve_app.library.backends.redis import RedisBackend, redact_url
+from serve_app.library.backends.plumbing import redact_url
+from serve_app.library.backends.redis import RedisBackend
 from serve_app.library.backends.sqlite import SQLITE_SCHEMA_VERSION, SqliteBackend
 
 __all__ = [

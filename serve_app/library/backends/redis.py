@@ -5,9 +5,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable
-from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from collections.abc import Iterable
+from typing import Any
 
 from serve_app.library.backends.base import (
     CHUNK,
@@ -18,27 +17,9 @@ from serve_app.library.backends.base import (
     record_from_fields,
     record_to_fields,
 )
+from serve_app.library.backends.plumbing import RedisConnection, import_redis
 
 logger = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password (userinfo or ``?password=``), for logs and status."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        user = userinfo.split(":", 1)[0]
-        netloc = f"{user}:***@{host}" if ":" in userinfo else f"{user}@{host}"
-    query = urlencode(
-        [
-            (key, "***" if key.lower() == "password" else value)
-            for key, value in parse_qsl(parts.query, keep_blank_values=True)
-        ]
-    )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 _SEQ_FIELD = "_seq"  # extra hash field: the sequence number the hash was written with
@@ -78,57 +59,36 @@ class RedisBackend(LibraryBackend):
         connect_timeout_s: float = 2.0,
         put_attempts: int = 200,
     ) -> None:
-        try:
-            import redis
-            from redis.backoff import ExponentialBackoff
-            from redis.retry import Retry
-        except ImportError as exc:  # pragma: no cover - redis is a declared dependency
-            raise LibraryUnavailable(
-                "the redis library backend needs the redis client: pip install redis"
-            ) from exc
+        redis = import_redis("redis library backend")
         if ttl_s is not None and ttl_s <= 0:
             raise ValueError("ttl_s must be > 0 or None")
         if not prefix:
             raise ValueError("prefix must not be empty")
-        self._redis = redis
         self.url = url
-        self.location = redact_url(url)
         self.prefix = prefix
         self.ttl_ms = None if ttl_s is None else max(1, round(ttl_s * 1000))
         self._put_attempts = put_attempts
         self._seq_key = f"{prefix}seq"
         self._stored_key = f"{prefix}stored"
         self._counter_key = f"{prefix}counter"
-        self._closed = False
-        try:
-            # Any: redis-py's return types are unions over its sync and async clients.
-            self._client: Any = redis.Redis.from_url(
-                url,
-                socket_timeout=socket_timeout_s,
-                socket_connect_timeout=connect_timeout_s,
-                retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
-                health_check_interval=30,
-            )
-        except ValueError as exc:
-            raise ValueError(f"bad redis URL {self.location}: {exc}") from None
+        self._conn = RedisConnection(
+            redis,
+            url,
+            "redis library backend",
+            socket_timeout_s=socket_timeout_s,
+            connect_timeout_s=connect_timeout_s,
+            failure_label="redis library",
+        )
+        self._client: Any = self._conn.client
+        self._redis = redis
+        self.location = self._conn.location
 
     def _hash_key(self, entry_id: str) -> str:
         return f"{self.prefix}r:{entry_id}"
 
-    def _call(self, what: str, action: Callable[[], _T]) -> _T:
-        """Run ``action``; turn client errors into :class:`LibraryUnavailable`."""
-        if self._closed:
-            raise LibraryUnavailable(f"redis library backend {self.location} is closed")
-        try:
-            return action()
-        except self._redis.RedisError as exc:
-            raise LibraryUnavailable(
-                f"redis library {self.location} failed to {what}: {type(exc).__name__}: {exc}"
-            ) from exc
-
     def put(self, record: LibraryRecord) -> int:
         encoded = record_to_fields(record)
-        return self._call("put", lambda: self._put(record.entry_id, encoded))
+        return self._conn.call("put", lambda: self._put(record.entry_id, encoded))
 
     def _put(self, entry_id: str, encoded: dict[str, str | bytes | int | float]) -> int:
         key = self._hash_key(entry_id)
@@ -160,7 +120,7 @@ class RedisBackend(LibraryBackend):
 
     def delete(self, entry_ids: Iterable[str]) -> int:
         ids = list(dict.fromkeys(entry_ids))
-        return self._call("delete", lambda: self._delete(ids))
+        return self._conn.call("delete", lambda: self._delete(ids))
 
     def _delete(self, ids: list[str]) -> int:
         removed = 0
@@ -177,7 +137,7 @@ class RedisBackend(LibraryBackend):
 
     def load_since(self, cursor: int, limit: int = 1000) -> tuple[list[LibraryRecord], int]:
         check_cursor(cursor, limit)
-        return self._call("load records", lambda: self._load_since(cursor, limit))
+        return self._conn.call("load records", lambda: self._load_since(cursor, limit))
 
     def _load_since(self, cursor: int, limit: int) -> tuple[list[LibraryRecord], int]:
         records: list[LibraryRecord] = []
@@ -234,7 +194,9 @@ class RedisBackend(LibraryBackend):
         return len(gone)
 
     def get(self, entry_id: str) -> LibraryRecord | None:
-        data = self._call("get a record", lambda: self._client.hgetall(self._hash_key(entry_id)))
+        data = self._conn.call(
+            "get a record", lambda: self._client.hgetall(self._hash_key(entry_id))
+        )
         if not data:
             return None
         fields_ = {key.decode("utf-8"): value for key, value in data.items()}
@@ -243,7 +205,7 @@ class RedisBackend(LibraryBackend):
 
     def count(self) -> int:
         """Live records (expired ones are removed while counting: O(n) in the library)."""
-        return self._call("count records", self._count)
+        return self._conn.call("count records", self._count)
 
     def _count(self) -> int:
         live = 0
@@ -265,7 +227,7 @@ class RedisBackend(LibraryBackend):
                 return live
 
     def purge_older_than(self, stored_before: float) -> int:
-        return self._call("purge records", lambda: self._purge(stored_before))
+        return self._conn.call("purge records", lambda: self._purge(stored_before))
 
     def _purge(self, stored_before: float) -> int:
         removed = 0
@@ -305,7 +267,7 @@ class RedisBackend(LibraryBackend):
 
     def stats(self) -> dict[str, Any]:
         count = self.count()
-        info = self._call("read server info", lambda: self._client.info("memory"))
+        info = self._conn.call("read server info", lambda: self._client.info("memory"))
         return {
             "kind": self.kind,
             "location": self.location,
@@ -316,6 +278,4 @@ class RedisBackend(LibraryBackend):
         }
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            self._client.close()
+        self._conn.close()

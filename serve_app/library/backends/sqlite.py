@@ -3,12 +3,8 @@
 from __future__ import annotations
 
 import logging
-import random
 import sqlite3
-import threading
-import time
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -18,11 +14,14 @@ from serve_app.library.backends.base import (
     FIELD_TYPES,
     LibraryBackend,
     LibraryRecord,
-    LibrarySchemaError,
-    LibraryUnavailable,
     check_cursor,
     record_from_fields,
     record_to_fields,
+)
+from serve_app.library.backends.plumbing import (
+    SqliteConnection,
+    check_columns,
+    check_schema_version,
 )
 
 logger = logging.getLogger(__name__)
@@ -47,103 +46,41 @@ class SqliteBackend(LibraryBackend):
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
-        self._busy_timeout_s = busy_timeout_s
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                self.path,
-                timeout=busy_timeout_s,
-                isolation_level=None,  # autocommit; transactions are explicit
-                check_same_thread=False,  # guarded by self._lock instead
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise LibraryUnavailable(f"cannot open library file {self.path}: {exc}") from exc
-        try:
-            self._setup()
-        except BaseException:
-            self._conn.close()
-            self._conn = None
-            raise
+        self._db = SqliteConnection(
+            self.path, "library file", self._setup, busy_timeout_s=busy_timeout_s, logger=logger
+        )
 
-    def _setup(self) -> None:
+    def _setup(self, conn: sqlite3.Connection) -> None:
         columns = ", ".join(
             f"{name} {_SQL_TYPES[FIELD_TYPES[name]]} NOT NULL" for name in FIELD_NAMES
         )
-        # WAL: readers never block the writer; the mode is stored in the file. SQLite may
-        # answer "locked" without waiting while another process creates the same file, so
-        # the switch is retried here until the busy timeout.
-        deadline = time.monotonic() + self._busy_timeout_s
-        while True:
-            try:
-                with self._locked() as conn:
-                    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                    conn.execute("PRAGMA synchronous=NORMAL")
-                break
-            except LibraryUnavailable as exc:
-                locked = isinstance(exc.__cause__, sqlite3.OperationalError) and (
-                    "locked" in str(exc.__cause__) or "busy" in str(exc.__cause__)
-                )
-                if not locked or time.monotonic() > deadline:
-                    raise
-                time.sleep(random.uniform(0.005, 0.05))
-        if str(mode).lower() != "wal":
-            logger.warning("library file %s is in journal mode %s, not WAL", self.path, mode)
-        with self._transaction() as conn:
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version > SQLITE_SCHEMA_VERSION:
-                raise LibrarySchemaError(
-                    f"library file {self.path} has schema version {version}, newer than "
-                    f"{SQLITE_SCHEMA_VERSION} which this memeserve understands; upgrade "
-                    "memeserve or point it at another library file"
-                )
-            if version == 0:
-                conn.execute(
-                    f"CREATE TABLE records (seq INTEGER NOT NULL, {columns}, "
-                    "PRIMARY KEY (entry_id))"
-                )
-                conn.execute("CREATE UNIQUE INDEX records_seq ON records (seq)")
-                conn.execute("CREATE INDEX records_stored_at ON records (stored_at)")
-                conn.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, value INTEGER)")
-                conn.execute("INSERT INTO counter (id, value) VALUES (1, 0)")
-                conn.execute(f"PRAGMA user_version = {SQLITE_SCHEMA_VERSION}")
-                logger.info("created library file %s", self.path)
-            present = {row[1] for row in conn.execute("PRAGMA table_info(records)")}
-            if present != {"seq", *FIELD_NAMES}:
-                raise LibrarySchemaError(
-                    f"library file {self.path} (schema {version}) has columns "
-                    f"{sorted(present)}, expected {sorted({'seq', *FIELD_NAMES})}"
-                )
-
-    @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._conn is None:
-                raise LibraryUnavailable(f"library file {self.path} is closed")
-            try:
-                yield self._conn
-            except sqlite3.DatabaseError as exc:
-                raise LibraryUnavailable(f"library file {self.path}: {exc}") from exc
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``: takes the write lock up front)."""
-        with self._locked() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+        version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+        check_schema_version(
+            version,
+            SQLITE_SCHEMA_VERSION,
+            f"library file {self.path}",
+            "; upgrade memeserve or point it at another library file",
+        )
+        if version == 0:
+            conn.execute(
+                f"CREATE TABLE records (seq INTEGER NOT NULL, {columns}, PRIMARY KEY (entry_id))"
+            )
+            conn.execute("CREATE UNIQUE INDEX records_seq ON records (seq)")
+            conn.execute("CREATE INDEX records_stored_at ON records (stored_at)")
+            conn.execute("CREATE TABLE counter (id INTEGER PRIMARY KEY, value INTEGER)")
+            conn.execute("INSERT INTO counter (id, value) VALUES (1, 0)")
+            conn.execute(f"PRAGMA user_version = {SQLITE_SCHEMA_VERSION}")
+            logger.info("created library file %s", self.path)
+        check_columns(
+            conn, "records", {"seq", *FIELD_NAMES}, f"library file {self.path} (schema {version})"
+        )
 
     def put(self, record: LibraryRecord) -> int:
         encoded = record_to_fields(record)
         names = ", ".join(FIELD_NAMES)
         marks = ", ".join(f":{name}" for name in FIELD_NAMES)
         updates = ", ".join(f"{name} = excluded.{name}" for name in ("seq", *FIELD_NAMES))
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             row = conn.execute(
                 "UPDATE counter SET value = value + 1 WHERE id = 1 RETURNING value"
             ).fetchone()
@@ -158,7 +95,7 @@ class SqliteBackend(LibraryBackend):
     def delete(self, entry_ids: Iterable[str]) -> int:
         ids = list(dict.fromkeys(entry_ids))
         removed = 0
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             for start in range(0, len(ids), CHUNK):
                 chunk = ids[start : start + CHUNK]
                 marks = ", ".join("?" * len(chunk))
@@ -170,7 +107,7 @@ class SqliteBackend(LibraryBackend):
     def load_since(self, cursor: int, limit: int = 1000) -> tuple[list[LibraryRecord], int]:
         check_cursor(cursor, limit)
         names = ", ".join(FIELD_NAMES)
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             rows = conn.execute(
                 f"SELECT seq, {names} FROM records WHERE seq > ? ORDER BY seq LIMIT ?",
                 (cursor, limit),
@@ -182,24 +119,24 @@ class SqliteBackend(LibraryBackend):
 
     def get(self, entry_id: str) -> LibraryRecord | None:
         names = ", ".join(FIELD_NAMES)
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             row = conn.execute(
                 f"SELECT {names} FROM records WHERE entry_id = ?", (entry_id,)
             ).fetchone()
         return None if row is None else record_from_fields(dict(zip(FIELD_NAMES, row, strict=True)))
 
     def count(self) -> int:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
 
     def purge_older_than(self, stored_before: float) -> int:
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             return conn.execute(
                 "DELETE FROM records WHERE stored_at < ?", (stored_before,)
             ).rowcount
 
     def stats(self) -> dict[str, Any]:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             count = int(conn.execute("SELECT COUNT(*) FROM records").fetchone()[0])
             sequence = int(conn.execute("SELECT value FROM counter WHERE id = 1").fetchone()[0])
             pages = int(conn.execute("PRAGMA page_count").fetchone()[0])
@@ -217,7 +154,4 @@ class SqliteBackend(LibraryBackend):
         }
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()

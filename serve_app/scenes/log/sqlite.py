@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-import random
 import sqlite3
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Final
 
-from serve_app.library.backends import LibrarySchemaError, LibraryUnavailable
+from serve_app.library.backends import LibraryUnavailable
+from serve_app.library.backends.plumbing import (
+    SqliteConnection,
+    check_columns,
+    check_schema_version,
+    table_schema_version,
+)
 from serve_app.scenes.log.base import PAGE, Event, EventLog, check_since, decode_event, encode_body
 
 logger = logging.getLogger(__name__)
@@ -38,93 +39,25 @@ class SqliteEventLog(EventLog):
 
     def __init__(self, path: Path, *, busy_timeout_s: float = 10.0) -> None:
         self.path = Path(path)
-        self._busy_timeout_s = busy_timeout_s
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn: sqlite3.Connection | None = sqlite3.connect(
-                self.path,
-                timeout=busy_timeout_s,
-                isolation_level=None,  # autocommit; transactions are explicit
-                check_same_thread=False,  # guarded by self._lock instead
-            )
-        except (OSError, sqlite3.Error) as exc:
-            raise LibraryUnavailable(f"cannot open scenes log {self.path}: {exc}") from exc
-        try:
-            self._setup()
-        except BaseException:
-            self.close()
-            raise
+        self._db = SqliteConnection(
+            self.path, "scenes log", self._setup, busy_timeout_s=busy_timeout_s, logger=logger
+        )
 
-    def _setup(self) -> None:
-        # SQLite may answer "locked" at once while another process creates the same file,
-        # so switching to WAL is retried until the busy timeout.
-        deadline = time.monotonic() + self._busy_timeout_s
-        while True:
-            try:
-                with self._locked() as conn:
-                    mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                    conn.execute("PRAGMA synchronous=NORMAL")
-                break
-            except LibraryUnavailable as exc:
-                cause = exc.__cause__
-                locked = isinstance(cause, sqlite3.OperationalError) and (
-                    "locked" in str(cause) or "busy" in str(cause)
-                )
-                if not locked or time.monotonic() > deadline:
-                    raise
-                time.sleep(random.uniform(0.005, 0.05))
-        if str(mode).lower() != "wal":
-            logger.warning("scenes log %s is in journal mode %s, not WAL", self.path, mode)
-        with self._transaction() as conn:
-            conn.execute(
-                f"CREATE TABLE IF NOT EXISTS {_TABLE} (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-                "kind TEXT NOT NULL, body TEXT NOT NULL, at REAL NOT NULL)"
-            )
-            conn.execute(f"CREATE TABLE IF NOT EXISTS {_TABLE}_schema (version INTEGER NOT NULL)")
-            row = conn.execute(f"SELECT MAX(version) FROM {_TABLE}_schema").fetchone()
-            version = 0 if row[0] is None else int(row[0])
-            if version > SCHEMA_VERSION:
-                raise LibrarySchemaError(
-                    f"scenes log {self.path} has schema version {version}, newer than "
-                    f"{SCHEMA_VERSION} which this memeserve understands"
-                )
-            if version == 0:
-                conn.execute(f"INSERT INTO {_TABLE}_schema (version) VALUES (?)", (SCHEMA_VERSION,))
-                logger.info("created scenes log in %s", self.path)
-            present = {row[1] for row in conn.execute(f"PRAGMA table_info({_TABLE})")}
-            if present != _COLUMNS:
-                raise LibrarySchemaError(
-                    f"scenes log {self.path} has columns {sorted(present)}, "
-                    f"expected {sorted(_COLUMNS)}"
-                )
-
-    @contextmanager
-    def _locked(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._conn is None:
-                raise LibraryUnavailable(f"scenes log {self.path} is closed")
-            try:
-                yield self._conn
-            except sqlite3.DatabaseError as exc:
-                raise LibraryUnavailable(f"scenes log {self.path}: {exc}") from exc
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE``: takes the write lock up front)."""
-        with self._locked() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
+    def _setup(self, conn: sqlite3.Connection) -> None:
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {_TABLE} (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "kind TEXT NOT NULL, body TEXT NOT NULL, at REAL NOT NULL)"
+        )
+        version = table_schema_version(conn, _TABLE)
+        check_schema_version(version, SCHEMA_VERSION, f"scenes log {self.path}")
+        if version == 0:
+            conn.execute(f"INSERT INTO {_TABLE}_schema (version) VALUES (?)", (SCHEMA_VERSION,))
+            logger.info("created scenes log in %s", self.path)
+        check_columns(conn, _TABLE, _COLUMNS, f"scenes log {self.path}")
 
     def append(self, kind: str, body: dict[str, Any], at: float) -> int:
         encoded = encode_body(kind, body)
-        with self._transaction() as conn:
+        with self._db.transaction() as conn:
             cursor = conn.execute(
                 f"INSERT INTO {_TABLE} (kind, body, at) VALUES (?, ?, ?)",
                 (kind, encoded, float(at)),
@@ -136,7 +69,7 @@ class SqliteEventLog(EventLog):
 
     def since(self, seq: int, limit: int = PAGE) -> list[Event]:
         check_since(seq, limit)
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             rows = conn.execute(
                 f"SELECT seq, kind, body, at FROM {_TABLE} WHERE seq > ? ORDER BY seq LIMIT ?",
                 (seq, limit),
@@ -144,12 +77,9 @@ class SqliteEventLog(EventLog):
         return [decode_event(*row) for row in rows]
 
     def describe(self) -> dict[str, Any]:
-        with self._locked() as conn:
+        with self._db.locked() as conn:
             last = conn.execute(f"SELECT MAX(seq) FROM {_TABLE}").fetchone()[0]
         return {"kind": self.kind, "location": str(self.path), "last_seq": int(last or 0)}
 
     def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self._db.close()
