@@ -28,7 +28,7 @@ from serve_app.media.fingerprint import Fingerprint, Fingerprinter
 from serve_app.observability.logs import configure_logging
 from serve_app.observability.metrics import count_cache_lookup
 from serve_app.observability.tracing import annotate, stage
-from serve_app.scenes.decide import labels_of
+from serve_app.scenes.decide import LABEL_FIELDS, labels_of
 from serve_app.scenes.decisions import Decision, DecisionTable
 from serve_app.scenes.events import encode_b64
 from serve_app.scenes.log import open_log
@@ -263,8 +263,7 @@ class FingerprintStore:
         if before is None:
             current = scenes.state.marks_for(Fingerprint.from_bytes(fingerprint)).review
             before = dict(current.labels) if current is not None else None
-        merged = {name: labels.get(name) for name in ("emotion", "intent", "sarcastic")}
-        merged["offensiveness"] = labels.get("offensiveness")
+        merged = {name: labels.get(name) for name in LABEL_FIELDS}
         if before is not None:
             merged = {name: before[name] if v is None else v for name, v in merged.items()}
         body = {
