@@ -16,9 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-from serve_app.jobs.signing import SIGNATURE_HEADER, sign, verify
 
 from loadtest.corpus import MemeSpec, meme_bytes
+from serve_app.jobs.signing import SIGNATURE_HEADER, sign, verify
 from tests.support.app import start_app
 from tests.support.receiver import running_receiver
 
