@@ -628,12 +628,12 @@ class JobsArgs(StrictModel):
         description="Items each Ingress replica analyses at once for jobs (0: this replica "
         "runs no job work). They go through the same admission control as requests.",
     )
-    lease_s: float = Field(
-        120.0,
+    lease_s: float | None = Field(
+        None,
         gt=0,
         le=3600,
         description="Seconds a claimed item stays with a replica; past it (a replica died) "
-        "another replica takes it. Keep it above request_timeout_s.",
+        "another replica takes it. Above request_timeout_s; null: request_timeout_s + 60.",
     )
     poll_s: float = Field(
         0.5, gt=0, le=60, description="Seconds an idle worker waits before looking again."
@@ -697,12 +697,17 @@ class AppArgs(StrictModel):
         for name, backend in (("scenes", self.scenes.backend), ("jobs", self.jobs.backend)):
             if backend == "redis" and not self.cache.redis_url:
                 raise ValueError(f"{name}.backend 'redis' needs cache.redis_url")
-        if self.jobs.lease_s <= self.request_timeout_s:
+        if self.jobs.lease_s is not None and self.jobs.lease_s <= self.request_timeout_s:
             raise ValueError(
                 f"jobs.lease_s ({self.jobs.lease_s:g}) must be above request_timeout_s "
                 f"({self.request_timeout_s:g}): a lease must outlive the analysis it covers"
             )
         return self
+
+    @property
+    def jobs_lease_s(self) -> float:
+        """Seconds a job item's claim lasts: ``jobs.lease_s``, else the deadline + 60 s."""
+        return self.jobs.lease_s or self.request_timeout_s + 60.0
 
 
 class RiskThresholds(StrictModel):

@@ -192,7 +192,7 @@ class Jobs:
             if free > 0:
                 try:
                     claimed = await asyncio.to_thread(
-                        self.store.claim, self._worker, free, self.config.lease_s, time.time()
+                        self.store.claim, self._worker, free, self.args.jobs_lease_s, time.time()
                     )
                 except Exception as exc:  # the backend down: try again later
                     logger.warning("job claim failed: %s", str(exc)[:200])
