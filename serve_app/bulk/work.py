@@ -123,6 +123,7 @@ def from_library(hit: LibraryHit, request_id: str, preprocess_ms: float) -> dict
         "total": round(preprocess_ms, 2),
     }
     meta["degradation_level"] = hit.level
+    meta["usage"] = None  # the stored answer's tokens were spent by another request
     result["meta"] = meta
     result["request_id"] = request_id
     return result

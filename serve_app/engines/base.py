@@ -32,7 +32,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -95,6 +95,9 @@ class EngineStats:
     kv_cache_usage: float | None = None
     aborted: int = 0
     """Requests whose work was stopped early because their caller left or timed out."""
+    details: dict[str, Any] = field(default_factory=dict)
+    """Engine-specific figures for /v1/status (vLLM: running, prefix and multimodal
+    cache hits, raw JSON validity); not read by the load controller."""
 
 
 class Engine(abc.ABC):

@@ -20,17 +20,24 @@ deadline that passes aborts exactly that request.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any, Final
 
 from PIL import Image
 
-from serve_app.config.models import EngineArgs
+from serve_app.config.models import EngineArgs, VllmArgs
 from serve_app.engines.base import Engine, EngineOutput, EngineRequest, EngineStats
 from serve_app.errors import DeadlineExceeded, EngineError, MemeServeError, ServiceUnavailable
-from serve_app.understanding.prompts import analysis_json_schema, build_messages, processor_size
+from serve_app.understanding.labels import EMOTIONS, INTENTS
+from serve_app.understanding.prompts import (
+    FIELD_ORDER,
+    analysis_json_schema,
+    build_messages,
+    processor_size,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,24 +86,36 @@ def sampling_kwargs(
     max_output_tokens: int,
     explanation_max_chars: int,
     structured_output: bool,
+    json_tokens_per_char: float | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """``SamplingParams`` keyword arguments for one level (pure; no vLLM import).
+    """``SamplingParams`` keyword arguments for one level (pure; no vLLM import):
+    the profile's ``extra`` (``vllm.sampling_kwargs``), then ours over them.
 
     ``structured_outputs`` holds the JSON schema as a plain dict; :func:`sampling_params`
-    wraps it in vLLM's ``StructuredOutputsParams``.
+    wraps it in vLLM's ``StructuredOutputsParams``. With ``json_tokens_per_char`` the
+    schema's free text is bounded to fit ``max_output_tokens`` (see
+    :func:`serve_app.understanding.prompts.fit_text_bounds`).
     """
     kwargs: dict[str, Any] = {
+        **(extra or {}),
         # Greedy: a moderation judgement should not change between two identical calls.
         "temperature": 0.0,
         "max_tokens": max_output_tokens,
         "skip_special_tokens": True,
     }
     if structured_output:
-        kwargs["structured_outputs"] = {"json": analysis_json_schema(explanation_max_chars)}
+        kwargs["structured_outputs"] = {
+            "json": analysis_json_schema(
+                explanation_max_chars,
+                max_output_tokens=max_output_tokens if json_tokens_per_char else None,
+                tokens_per_char=json_tokens_per_char,
+            )
+        }
     return kwargs
 
 
-def sampling_params(request: EngineRequest, *, structured_output: bool, stream: bool) -> Any:
+def sampling_params(request: EngineRequest, args: VllmArgs, *, stream: bool) -> Any:
     """vLLM ``SamplingParams`` for ``request`` (imports vLLM)."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
@@ -104,7 +123,9 @@ def sampling_params(request: EngineRequest, *, structured_output: bool, stream: 
     kwargs = sampling_kwargs(
         max_output_tokens=request.max_output_tokens,
         explanation_max_chars=request.explanation_max_chars,
-        structured_output=structured_output,
+        structured_output=args.structured_output,
+        json_tokens_per_char=args.json_tokens_per_char,
+        extra=args.sampling_kwargs,
     )
     if "structured_outputs" in kwargs:
         kwargs["structured_outputs"] = StructuredOutputsParams(**kwargs["structured_outputs"])
@@ -113,11 +134,23 @@ def sampling_params(request: EngineRequest, *, structured_output: bool, stream: 
 
 
 class _SchedulerFigures:
-    """Latest scheduler figures, written by the StatLogger vLLM calls each step."""
+    """Latest scheduler figures and running cache counters, written by the StatLogger
+    vLLM calls after each engine step."""
 
     def __init__(self) -> None:
         self.waiting = 0
+        self.running = 0
         self.kv_cache_usage = 0.0
+        # Cumulative since start: vLLM reports each step's increments.
+        self.prefix_cache = {"queries": 0, "hits": 0}
+        """Prompt tokens looked up in the prefix cache, and those found."""
+        self.mm_cache = {"queries": 0, "hits": 0}
+        """Images looked up in the multimodal processor cache, and those found."""
+
+    def add(self, totals: dict[str, int], stats: Any) -> None:
+        if stats is not None:
+            totals["queries"] += int(getattr(stats, "queries", 0))
+            totals["hits"] += int(getattr(stats, "hits", 0))
 
 
 def _stat_logger_factory(figures: _SchedulerFigures) -> Any:
@@ -142,12 +175,50 @@ def _stat_logger_factory(figures: _SchedulerFigures) -> Any:
                 figures.waiting = scheduler_stats.num_waiting_reqs + getattr(
                     scheduler_stats, "num_skipped_waiting_reqs", 0
                 )
+                figures.running = scheduler_stats.num_running_reqs
                 figures.kv_cache_usage = scheduler_stats.kv_cache_usage
+                figures.add(figures.prefix_cache, scheduler_stats.prefix_cache_stats)
+            figures.add(figures.mm_cache, mm_cache_stats)
 
         def log_engine_initialized(self) -> None:
             logger.info("vllm engine %d initialised", self._engine_index)
 
     return FiguresLogger
+
+
+def _raise_on_error(request_id: str, finish_reason: str | None) -> None:
+    """vLLM ends a request it could not serve (e.g. its grammar failed to build) with
+    ``finish_reason="error"`` and no text: that is an engine failure, not an answer."""
+    if finish_reason == "error":
+        logger.error("vllm ended request %s with an error (see the engine core's log)", request_id)
+        raise EngineError("vllm could not generate this answer (finish_reason=error)")
+
+
+def raw_json_valid(text: str) -> bool:
+    """True when ``text``, as it stands, is one strict JSON object of the analysis schema
+    (every field in order, each of its type and range): what a grammar-constrained
+    answer must be before the Structurer repairs anything."""
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return False
+    if not isinstance(value, dict) or list(value) != list(FIELD_ORDER):
+        return False
+    offensiveness, confidence = value["offensiveness"], value["confidence"]
+    return (
+        value["emotion"] in EMOTIONS
+        and value["intent"] in INTENTS
+        and isinstance(value["sarcastic"], bool)
+        and type(offensiveness) is int
+        and 0 <= offensiveness <= 3
+        and type(confidence) in (int, float)
+        and 0 <= confidence <= 1
+        and isinstance(value["explanation"], str)
+        and all(
+            isinstance(items, list) and all(isinstance(item, str) for item in items)
+            for items in (value["ocr_text"], value["slang"])
+        )
+    )
 
 
 class VllmEngine(Engine):
@@ -162,6 +233,10 @@ class VllmEngine(Engine):
         self._figures = _SchedulerFigures()
         self._in_flight = 0
         self._aborted = 0
+        # Constrained answers that finished, and those whose raw text was not the
+        # schema's JSON (a grammar or budget problem: /v1/status shows both).
+        self._json_checked = 0
+        self._json_invalid = 0
 
     @property
     def model(self) -> str:
@@ -209,6 +284,27 @@ class VllmEngine(Engine):
             waiting=self._figures.waiting,
             kv_cache_usage=self._figures.kv_cache_usage,
             aborted=self._aborted,
+            details={
+                "running": self._figures.running,
+                "prefix_cache": dict(self._figures.prefix_cache),
+                "mm_cache": dict(self._figures.mm_cache),
+                "raw_json": {"checked": self._json_checked, "invalid": self._json_invalid},
+            },
+        )
+
+    def _check_json(self, request_id: str, text: str, finish_reason: str | None) -> None:
+        """Count a finished constrained answer, and log one that is not the schema's JSON."""
+        if not self._args.vllm.structured_output:
+            return
+        self._json_checked += 1
+        if raw_json_valid(text):
+            return
+        self._json_invalid += 1
+        logger.warning(
+            "vllm request %s: raw output is not the analysis JSON (finish %s, %d chars)",
+            request_id,
+            finish_reason,
+            len(text),
         )
 
     def _prompt(self, request: EngineRequest) -> dict[str, Any]:
@@ -234,9 +330,7 @@ class VllmEngine(Engine):
         """vLLM's outputs for ``request``; aborted on cancellation or deadline."""
         self.check_health()
         request.check_deadline()
-        params = sampling_params(
-            request, structured_output=self._args.vllm.structured_output, stream=stream
-        )
+        params = sampling_params(request, self._args.vllm, stream=stream)
         timeout = None if request.deadline is None else max(0.0, request.deadline - time.time())
         finished = False
         self._in_flight += 1
@@ -281,10 +375,8 @@ class VllmEngine(Engine):
         if final is None or not final.outputs:
             raise EngineError("vllm returned no output")
         completion = final.outputs[0]
-        if completion.finish_reason == "length" and self._args.vllm.structured_output:
-            logger.warning(
-                "vllm request %s hit max_tokens before its JSON closed", request.request_id
-            )
+        _raise_on_error(request.request_id, completion.finish_reason)
+        self._check_json(request.request_id, completion.text, completion.finish_reason)
         return EngineOutput(
             text=completion.text,
             engine=self.name,
@@ -295,7 +387,13 @@ class VllmEngine(Engine):
         )
 
     async def stream(self, request: EngineRequest) -> AsyncIterator[str]:
+        parts: list[str] = []
+        finish_reason: str | None = None
         async for output in self._outputs(request, stream=True):
             for completion in output.outputs:
+                finish_reason = completion.finish_reason or finish_reason
+                _raise_on_error(request.request_id, finish_reason)
                 if completion.text:
+                    parts.append(completion.text)
                     yield completion.text
+        self._check_json(request.request_id, "".join(parts), finish_reason)

@@ -85,6 +85,13 @@ class Timings(_Model):
     total: float = 0.0
 
 
+class Usage(_Model):
+    prompt_tokens: int | None = Field(
+        None, ge=0, description="Prompt tokens the engine read (text and image)."
+    )
+    output_tokens: int | None = Field(None, ge=0, description="Tokens the engine generated.")
+
+
 class Meta(_Model):
     engine: str = Field(description="Engine that produced the analysis.")
     model: str = Field(description="Model id and version.")
@@ -94,6 +101,11 @@ class Meta(_Model):
     timings_ms: Timings
     warnings: list[str] = Field(
         default_factory=list, description="Repairs the Structurer had to make, if any."
+    )
+    usage: Usage | None = Field(
+        None,
+        description="Tokens this answer cost the model engine; null for a cache hit, "
+        "the lite engine, a list or review decision, and streams.",
     )
 
 

@@ -8,6 +8,9 @@ the image and the request context are data to judge, never instructions to follo
 
 from __future__ import annotations
 
+import json
+import re
+from dataclasses import dataclass
 from typing import Any, Final
 
 from serve_app.media.imaging import PATCH_FACTOR
@@ -84,17 +87,133 @@ def build_messages(context: str | None) -> list[dict[str, Any]]:
     ]
 
 
-def analysis_json_schema(explanation_max_chars: int) -> dict[str, Any]:
-    """JSON schema for grammar-constrained decoding, fields in answer order."""
+# The fixed part of the worst-case answer: every key, the longest label of each closed
+# set, the punctuation (", " and ": ", as xgrammar writes them without free
+# whitespace), empty free-text fields, and the longest number xgrammar lets a bounded
+# "number" be (8 characters, 0.123456); one token per character at most (it is ASCII,
+# and a byte-level tokenizer spends one token per byte at worst).
+
+
+def _skeleton_chars() -> int:
+    worst = {
+        "emotion": max(EMOTIONS, key=len),
+        "intent": max(INTENTS, key=len),
+        "sarcastic": False,
+        "offensiveness": 0,
+        "confidence": 0.123456,
+        "explanation": "",
+        "ocr_text": [],
+        "slang": [],
+    }
+    return len(json.dumps({name: worst[name] for name in FIELD_ORDER}))
+
+
+SKELETON_CHARS: Final[int] = _skeleton_chars()
+_BOUND: Final[re.Pattern[str]] = re.compile(r"\{0,(\d+)\}")
+_TEXT_CHAR: Final[str] = '[^\\u0000-\\u001f"\\\\]'
+_MAX_REPEAT: Final[int] = 128
+"""Characters (so at most tokens) of the answer with its free text left empty."""
+
+
+@dataclass(frozen=True)
+class TextBounds:
+    """Lengths that make the worst-case constrained answer fit an output-token budget."""
+
+    explanation_chars: int
+    list_items: int
+    """``maxItems`` of ``ocr_text`` and of ``slang``."""
+    item_chars: int
+    """``maxLength`` of each list item."""
+
+
+def fit_text_bounds(
+    *, max_output_tokens: int, explanation_max_chars: int, tokens_per_char: float
+) -> TextBounds:
+    """Free-text bounds under which no grammar-valid answer needs more than
+    ``max_output_tokens`` tokens, each free-text character costing at most
+    ``tokens_per_char`` tokens (4: any UTF-8 character on a byte-level tokenizer).
+
+    The explanation gets up to 60 % of what the skeleton leaves (never above its
+    level's cap); each evidence list half of the rest, as up to 5 items of about 12
+    characters (one shorter item where that does not fit, none where nothing does).
+    """
+    spare = max(0, max_output_tokens - SKELETON_CHARS - 2)  # 2: the closing tokens' slack
+    explanation = max(1, min(explanation_max_chars, int(spare * 0.6 / tokens_per_char)))
+    per_list = max(0, spare - int(explanation * tokens_per_char)) // 2
+    # One item costs its characters plus two quotes and a ", ".
+    items = min(5, int(per_list // (12 * tokens_per_char + 4)))
+    if items == 0 and per_list >= 4 * tokens_per_char + 4:
+        items = 1
+    item_chars = min(32, int((per_list / items - 4) / tokens_per_char)) if items else 1
+    return TextBounds(explanation_chars=explanation, list_items=items, item_chars=item_chars)
+
+
+def bounded_text(max_chars: int) -> dict[str, Any]:
+    """A string of at most ``max_chars`` characters, none a control character, a quote
+    or a backslash, bounded by its ``pattern`` alone.
+
+    xgrammar's ``maxLength`` string lets raw control characters through (invalid JSON:
+    a random model wrote U+0013), and xgrammar (so vLLM, which refuses the pair)
+    cannot combine a pattern with ``maxLength``: the pattern carries the bound, as
+    repetitions of at most 128 (xgrammar 0.1's cached grammars fail on a longer
+    ``{0,n}``: vLLM then ends the request with ``finish_reason="error"``). With no
+    quotes or backslashes there are no escapes, so one character costs at most its
+    UTF-8 bytes in tokens.
+    """
+    remaining = max(1, max_chars)
+    chunks = []
+    while remaining > 0:
+        chunk = min(remaining, _MAX_REPEAT)
+        chunks.append(f"{_TEXT_CHAR}{{0,{chunk}}}")
+        remaining -= chunk
+    return {"type": "string", "pattern": "^" + "".join(chunks) + "$"}
+
+
+def text_bound(field: dict[str, Any]) -> int | None:
+    """The character bound of a :func:`bounded_text` schema (None when unbounded)."""
+    counts = _BOUND.findall(str(field.get("pattern", "")))
+    if counts:
+        return sum(int(count) for count in counts)
+    bound: int | None = field.get("maxLength")
+    return bound
+
+
+def analysis_json_schema(
+    explanation_max_chars: int,
+    *,
+    max_output_tokens: int | None = None,
+    tokens_per_char: float | None = None,
+) -> dict[str, Any]:
+    """JSON schema for grammar-constrained decoding, fields in answer order.
+
+    With ``max_output_tokens`` and ``tokens_per_char`` the free text is bounded so
+    that every answer the grammar allows closes within the budget
+    (:func:`fit_text_bounds`): a model that loops inside a string still returns valid
+    JSON, shorter.
+    """
+    explanation = bounded_text(explanation_max_chars)
+    listed: dict[str, Any] = {"type": "array", "items": {"type": "string"}, "maxItems": 20}
+    if max_output_tokens is not None and tokens_per_char is not None:
+        bounds = fit_text_bounds(
+            max_output_tokens=max_output_tokens,
+            explanation_max_chars=explanation_max_chars,
+            tokens_per_char=tokens_per_char,
+        )
+        explanation = bounded_text(bounds.explanation_chars)
+        listed = {
+            "type": "array",
+            "items": bounded_text(bounds.item_chars),
+            "maxItems": bounds.list_items,
+        }
     properties: dict[str, Any] = {
         "emotion": {"type": "string", "enum": list(EMOTIONS)},
         "intent": {"type": "string", "enum": list(INTENTS)},
         "sarcastic": {"type": "boolean"},
         "offensiveness": {"type": "integer", "minimum": 0, "maximum": 3},
         "confidence": {"type": "number", "minimum": 0, "maximum": 1},
-        "explanation": {"type": "string", "maxLength": max(1, explanation_max_chars)},
-        "ocr_text": {"type": "array", "items": {"type": "string"}, "maxItems": 20},
-        "slang": {"type": "array", "items": {"type": "string"}, "maxItems": 20},
+        "explanation": explanation,
+        "ocr_text": listed,
+        "slang": dict(listed),
     }
     return {
         "type": "object",

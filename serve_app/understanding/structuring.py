@@ -17,7 +17,15 @@ from typing import Any
 from serve_app.config.models import StructurerUserConfig
 from serve_app.engines.base import EngineOutput
 from serve_app.media.imaging import visual_tokens
-from serve_app.understanding.analysis import Analysis, CacheInfo, Evidence, ImageInfo, Meta, Timings
+from serve_app.understanding.analysis import (
+    Analysis,
+    CacheInfo,
+    Evidence,
+    ImageInfo,
+    Meta,
+    Timings,
+    Usage,
+)
 from serve_app.understanding.labels import EMOTION_ZH, normalise_emotion, normalise_intent
 from serve_app.understanding.parsing import extract_object
 from serve_app.understanding.risk import assess_risk
@@ -165,6 +173,16 @@ class StructureContext:
     image: ImageInfo
     preprocess_ms: float
     explanation_max_chars: int
+
+
+@dataclass(frozen=True)
+class StructuredAnswer:
+    """What the Structurer deployment answers: the analysis (policy-free, as the library
+    keeps it) and whether the library kept it (then the Ingress may answer resent bytes
+    with it, see :mod:`serve_app.library.hot`)."""
+
+    analysis: dict[str, Any]
+    stored: bool = False
 
 
 def _canonical_key(key: object) -> str:
@@ -425,6 +443,13 @@ def structure(
                 structure=round(structure_ms, 2),
             ),
             warnings=warnings,
+            usage=_usage(output),
         ),
     )
     return Structured(analysis=analysis, from_model=from_model)
+
+
+def _usage(output: EngineOutput) -> Usage | None:
+    if output.prompt_tokens is None and output.output_tokens is None:
+        return None
+    return Usage(prompt_tokens=output.prompt_tokens, output_tokens=output.output_tokens)

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,90 +13,8 @@ import pytest
 import yaml
 
 from loadtest.corpus import MemeSpec, meme_bytes
+from tests.support.make_run import Service, running, shipped_profile_on_free_port, stop_and_check
 from tests.support.paths import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Service:
-    """`make run CONFIG=...` in its own process group, output collected line by line."""
-
-    def __init__(self, config: Path) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.process = subprocess.Popen(
-            ["make", "--no-print-directory", "run", f"CONFIG={config}"],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    def wait_for_line(self, pattern: str, timeout_s: float) -> re.Match[str]:
-        deadline = time.monotonic() + timeout_s
-        regex = re.compile(pattern)
-        while time.monotonic() < deadline:
-            for line in list(self.lines):
-                match = regex.search(line)
-                if match:
-                    return match
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.2)
-        raise AssertionError(
-            f"no line matching {pattern!r}; output:\n{''.join(self.lines)[-4000:]}"
-        )
-
-    def interrupt(self) -> int:
-        """Ctrl-C as a terminal sends it: SIGINT to the whole foreground group."""
-        os.killpg(self.process.pid, signal.SIGINT)
-        return self.process.wait(timeout=120)
-
-    def ensure_stopped(self) -> None:
-        """After a failure: Ctrl-C first, so `memeserve run` stops the Ray cluster it
-        started (`serve run` is in its own session: killing this group would orphan it),
-        then SIGKILL if it did not stop in time."""
-        if self.process.poll() is not None:
-            return
-        try:
-            self.interrupt()
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-
-
-def shipped_profile_on_free_port(name: str, directory: Path) -> Path:
-    """A copy of a shipped profile on a free port (so a running `make run` is not disturbed)."""
-    document = yaml.safe_load((ROOT / "autoscale_configs" / name).read_text("utf-8"))
-    document["http_options"]["port"] = _free_port()
-    # Its own library file: one left by an earlier run would answer from the cache.
-    document["applications"][0]["args"]["cache"]["sqlite_path"] = str(directory / "library.db")
-    path = directory / name
-    path.write_text(yaml.safe_dump(document, allow_unicode=True), "utf-8")
-    return path
-
-
-def stop_and_check(service: Service, url: str) -> None:
-    code = service.interrupt()
-    output = "".join(service.lines)
-    # make itself dies of the SIGINT it was sent once its recipe has finished.
-    assert code in (0, -signal.SIGINT, 130), output[-4000:]
-    assert "memeserve: stopped" in output
-    assert "Traceback" not in output.split("memeserve: stopping")[-1]
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"{url}/healthz", timeout=2)
 
 
 @pytest.fixture(scope="module")
@@ -111,11 +24,8 @@ def profile(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def service(profile: Path) -> Iterator[Service]:
-    service = Service(profile)
-    try:
+    with running(profile) as service:
         yield service
-    finally:
-        service.ensure_stopped()
 
 
 def test_make_run_serves_then_stops_cleanly_on_ctrl_c(service: Service, profile: Path) -> None:
@@ -170,8 +80,7 @@ def test_make_run_on_the_tiny_glm4v_profile_builds_its_checkpoint_and_serves(
     tmp_path: Path,
 ) -> None:
     """`make run CONFIG=autoscale_configs/cpu-tiny-glm4v.yaml`: the transformers engine."""
-    service = Service(shipped_profile_on_free_port("cpu-tiny-glm4v.yaml", tmp_path))
-    try:
+    with running(shipped_profile_on_free_port("cpu-tiny-glm4v.yaml", tmp_path)) as service:
         match = service.wait_for_line(r"memeserve: ready in [0-9.]+ s at (http://\S+)", 300)
         url = match.group(1)
         assert (ROOT / ".gl" / "tiny-glm4v" / "config.json").is_file()
@@ -183,5 +92,3 @@ def test_make_run_on_the_tiny_glm4v_profile_builds_its_checkpoint_and_serves(
         meta = response.json()["meta"]
         assert (meta["engine"], meta["model"]) == ("transformers", "tiny-glm4v-random@tiny-1")
         stop_and_check(service, url)
-    finally:
-        service.ensure_stopped()

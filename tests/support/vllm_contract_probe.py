@@ -73,9 +73,7 @@ def check_levels(args: AppArgs, controller: ControllerUserConfig) -> tuple[list[
         )
         for stream in (False, True):
             try:
-                params = sampling_params(
-                    request, structured_output=args.engine.vllm.structured_output, stream=stream
-                )
+                params = sampling_params(request, args.engine.vllm, stream=stream)
             except Exception as exc:
                 problems.append(f"level {level.level}: SamplingParams: {exc}")
                 continue

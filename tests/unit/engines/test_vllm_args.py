@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from serve_app.config.models import ControllerUserConfig, EngineArgs
 from serve_app.engines import create_engine
 from serve_app.engines.vllm_engine import VllmEngine, build_engine_kwargs, sampling_kwargs
 from serve_app.errors import ServiceUnavailable
-from serve_app.understanding.prompts import FIELD_ORDER, processor_size
+from serve_app.understanding.prompts import FIELD_ORDER, processor_size, text_bound
 
 
 def vllm_args(**vllm: object) -> EngineArgs:
@@ -77,7 +78,8 @@ def test_sampling_is_greedy_bounded_and_schema_constrained(level: object) -> Non
     assert kwargs["max_tokens"] == level.max_output_tokens
     schema = kwargs["structured_outputs"]["json"]
     assert list(schema["properties"]) == list(FIELD_ORDER)  # labels first
-    assert schema["properties"]["explanation"]["maxLength"] == max(1, level.explanation_max_chars)
+    explanation = schema["properties"]["explanation"]
+    assert text_bound(explanation) == max(1, level.explanation_max_chars)
     assert schema["additionalProperties"] is False
     unconstrained = sampling_kwargs(
         max_output_tokens=16, explanation_max_chars=10, structured_output=False
@@ -102,3 +104,62 @@ def test_relative_model_path_is_pinned_where_it_was_read(
     monkeypatch.chdir(tmp_path)
     args = EngineArgs.model_validate({"kind": "transformers", "model_path": "ckpt"})
     assert args.model_path == tmp_path / "ckpt"
+
+
+def test_profile_sampling_kwargs_come_first_and_ours_win() -> None:
+    kwargs = sampling_kwargs(
+        max_output_tokens=64,
+        explanation_max_chars=40,
+        structured_output=False,
+        extra={"repetition_penalty": 1.05, "max_tokens": 9999, "temperature": 0.7},
+    )
+    assert kwargs["repetition_penalty"] == 1.05
+    assert kwargs["max_tokens"] == 64 and kwargs["temperature"] == 0.0
+
+
+def test_budget_fitted_schema_when_the_profile_asks_for_it() -> None:
+    fitted = sampling_kwargs(
+        max_output_tokens=320,
+        explanation_max_chars=300,
+        structured_output=True,
+        json_tokens_per_char=4,
+    )["structured_outputs"]["json"]
+    plain = sampling_kwargs(
+        max_output_tokens=320, explanation_max_chars=300, structured_output=True
+    )["structured_outputs"]["json"]
+    assert text_bound(plain["properties"]["explanation"]) == 300
+    fitted_chars = text_bound(fitted["properties"]["explanation"])
+    assert fitted_chars is not None and fitted_chars < 300
+    assert fitted["properties"]["ocr_text"]["maxItems"] <= 5
+
+
+def test_raw_json_validity_is_strict() -> None:
+    from serve_app.engines.vllm_engine import raw_json_valid
+
+    answer: dict[str, object] = {
+        "emotion": "anger",
+        "intent": "offensive",
+        "sarcastic": True,
+        "offensiveness": 2,
+        "confidence": 0.5,
+        "explanation": "阴阳怪气",
+        "ocr_text": ["你说得对"],
+        "slang": [],
+    }
+    assert list(answer) == list(FIELD_ORDER)
+    assert raw_json_valid(json.dumps(answer, ensure_ascii=False))
+    assert not raw_json_valid(json.dumps(answer)[:-1])  # truncated
+    assert not raw_json_valid(json.dumps({"emotion": "anger"}))  # fields missing
+    for field, bad in [
+        ("emotion", "rage"),
+        ("offensiveness", 4),
+        ("offensiveness", True),
+        ("confidence", 1.5),
+        ("sarcastic", "yes"),
+        ("slang", "nsdd"),
+        ("explanation", "a\x13b"),  # a raw control character is not strict JSON
+    ]:
+        # json.dumps escapes the control character: put it back raw, as xgrammar wrote it.
+        text = json.dumps({**answer, field: bad}, ensure_ascii=False).replace("\\u0013", "\x13")
+        assert not raw_json_valid(text), (field, bad)
+    assert not raw_json_valid("   ")
