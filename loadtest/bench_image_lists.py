@@ -1,15 +1,16 @@
 """`python -m loadtest.bench_image_lists`: image-list lookups at 10**3 and 10**5 entries.
 
 An image list is an :class:`~serve_app.scenes.marks.ImageMarks`: exact hits by pixel
-hash, near hits by the HammingIndex plus the fingerprinter's detail check. This builds
+hash, near hits by the FingerprintIndex plus the fingerprinter's detail check. This builds
 one with ``--memes`` real generated memes (:mod:`loadtest.corpus`; the first
 ``--listed`` of them listed, the rest only looked up) and fills it up to each size with
 synthetic entries: :class:`~serve_app.media.fingerprint.Fingerprint` objects with random
-coarse codes and random detail bytes (drawing 10**5 real memes would take far too long;
+coarse and window codes and random detail bytes (drawing 10**5 real memes would take far too long;
 the index and the exact-key dict are still full size). Then it times ``find()`` per
 lookup (the median of ``--repeats`` runs of each) for:
 
-* copies of listed memes: JPEG quality 70, resized to 0.5x, cropped by 3 % per side;
+* copies of listed memes: JPEG quality 70, resized to 0.5x, cropped by 3 % and by 5 %
+  per side;
 * memes that are not listed (originals);
 * the listed templates under *another caption* (must not match: DESIGN.md §4).
 
@@ -79,20 +80,19 @@ def _decoded(image: Image.Image, fmt: str, **params: Any) -> Image.Image:
     return decode_image(buffer.getvalue(), _LIMITS).image
 
 
+def _crop_each_side(fraction: float) -> Callable[[Image.Image], Image.Image]:
+    def crop(img: Image.Image) -> Image.Image:
+        dx, dy = round(fraction * img.width), round(fraction * img.height)
+        return _decoded(img.crop((dx, dy, img.width - dx, img.height - dy)), "PNG")
+
+    return crop
+
+
 TRANSFORMS: dict[str, Callable[[Image.Image], Image.Image]] = {
     "jpeg_q70": lambda img: _decoded(img, "JPEG", quality=70),
     "resize_0.5": lambda img: _decoded(img.resize((img.width // 2, img.height // 2)), "PNG"),
-    "crop_3pct_each_side": lambda img: _decoded(
-        img.crop(
-            (
-                round(0.03 * img.width),
-                round(0.03 * img.height),
-                img.width - round(0.03 * img.width),
-                img.height - round(0.03 * img.height),
-            )
-        ),
-        "PNG",
-    ),
+    "crop_3pct_each_side": _crop_each_side(0.03),
+    "crop_5pct_each_side": _crop_each_side(0.05),
 }
 
 
@@ -133,9 +133,13 @@ def build_marks(
     rng = random.Random(seed)
     details = [rng.randbytes(len(next(iter(real.values())).detail)) for _ in range(_DETAIL_POOL)]
     marks = ImageMarks(fingerprinter)
+    windows = len(next(iter(real.values())).windows)
     for n in range(size - len(real)):
         fingerprint = Fingerprint(
-            exact=f"synthetic-{n:06d}", coarse=rng.getrandbits(64), detail=details[n % _DETAIL_POOL]
+            exact=f"synthetic-{n:06d}",
+            coarse=rng.getrandbits(64),
+            detail=details[n % _DETAIL_POOL],
+            windows=tuple(rng.getrandbits(64) for _ in range(windows)),
         )
         marks.add(f"synthetic-{n}", fingerprint, {"n": n})
     for entry_id, fingerprint in real.items():

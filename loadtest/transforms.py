@@ -21,6 +21,9 @@ from serve_app.media.imaging import Limits, decode_image
 Transform = Callable[[Image.Image, random.Random], Image.Image]
 
 _LIMITS: Final[Limits] = Limits()
+# Lossless round trips (after a resize or a crop) go through BMP: the same pixels as PNG,
+# without seconds of deflate on a grainy photo-like picture.
+_LOSSLESS: Final[str] = "BMP"
 _RESAMPLERS: Final[tuple[Image.Resampling, ...]] = (
     Image.Resampling.BILINEAR,
     Image.Resampling.BICUBIC,
@@ -56,7 +59,7 @@ def webp(img: Image.Image, rng: random.Random) -> Image.Image:
 def _resize(factor: float) -> Transform:
     def apply(img: Image.Image, rng: random.Random) -> Image.Image:
         size = (max(1, round(img.width * factor)), max(1, round(img.height * factor)))
-        return round_trip(img.resize(size, rng.choice(_RESAMPLERS)), "PNG")
+        return round_trip(img.resize(size, rng.choice(_RESAMPLERS)), _LOSSLESS)
 
     apply.__doc__ = f"Uniform resize by {factor} with a random resampling filter."
     return apply
@@ -69,7 +72,7 @@ def screenshot_rescale(img: Image.Image, rng: random.Random) -> Image.Image:
     up = rng.uniform(0.9, 1.6)
     sx, sy = up * rng.uniform(0.97, 1.03), up * rng.uniform(0.97, 1.03)
     big = small.resize((round(img.width * sx), round(img.height * sy)), rng.choice(_RESAMPLERS))
-    return round_trip(big, "PNG")
+    return round_trip(big, _LOSSLESS)
 
 
 def border_pad(img: Image.Image, rng: random.Random) -> Image.Image:
@@ -99,19 +102,34 @@ def crop_5pct(img: Image.Image, rng: random.Random) -> Image.Image:
     w, h = img.size
     left, right = _crop_axis(w, rng, rng.uniform(0.01, 0.05))
     top, bottom = _crop_axis(h, rng, rng.uniform(0.01, 0.05))
-    return round_trip(img.crop((left, top, right, bottom)), "PNG")
+    return round_trip(img.crop((left, top, right, bottom)), _LOSSLESS)
+
+
+def _each_side_box(
+    img: Image.Image, rng: random.Random, low: float, high: float
+) -> tuple[int, int, int, int]:
+    """A crop box with ``low``..``high`` of the width/height off each side, drawn in turn."""
+    w, h = img.size
+    return (
+        round(rng.uniform(low, high) * w),
+        round(rng.uniform(low, high) * h),
+        w - round(rng.uniform(low, high) * w),
+        h - round(rng.uniform(low, high) * h),
+    )
 
 
 def crop_5pct_each_side(img: Image.Image, rng: random.Random) -> Image.Image:
-    """Harder, informative only: crop each side independently by 0..5 % (≤ 10 % per axis)."""
-    w, h = img.size
-    box = (
-        round(rng.uniform(0, 0.05) * w),
-        round(rng.uniform(0, 0.05) * h),
-        w - round(rng.uniform(0, 0.05) * w),
-        h - round(rng.uniform(0, 0.05) * h),
-    )
-    return round_trip(img.crop(box), "PNG")
+    """Crop each side independently by 0..5 % (≤ 10 % per axis)."""
+    return round_trip(img.crop(_each_side_box(img, rng, 0, 0.05)), _LOSSLESS)
+
+
+def crop_2to5pct_each_side(img: Image.Image, rng: random.Random) -> Image.Image:
+    """Each side cropped independently by 2..5 % (4..10 % per axis), saved as JPEG q85.
+
+    What a re-shared screenshot of a meme looks like: a few percent gone on every side,
+    then one more lossy encoding.
+    """
+    return round_trip(img.crop(_each_side_box(img, rng, 0.02, 0.05)), "JPEG", quality=85)
 
 
 def corner_watermark(img: Image.Image, rng: random.Random) -> Image.Image:
@@ -168,6 +186,7 @@ TRANSFORMS: Final[dict[str, Transform]] = {
     "border_pad": border_pad,
     "crop_5pct": crop_5pct,
     "crop_5pct_each_side": crop_5pct_each_side,
+    "crop_2to5pct_each_side": crop_2to5pct_each_side,
     "corner_watermark": corner_watermark,
 }
 
@@ -175,17 +194,23 @@ TRANSFORMS: Final[dict[str, Transform]] = {
 GROUPS: Final[dict[str, tuple[str, ...]]] = {
     "re-encode": ("jpeg_q30", "jpeg_q60", "jpeg_q95", "webp", "gif_reencode"),
     "rescale": ("resize_0.3", "resize_0.5", "resize_2.0", "screenshot_rescale"),
-    "geometry": ("border_pad", "crop_5pct", "crop_5pct_each_side"),
+    "geometry": ("border_pad", "crop_5pct", "crop_5pct_each_side", "crop_2to5pct_each_side"),
     "overlay": ("corner_watermark",),
 }
 
-# Transforms held to the lower recall target (content is actually removed).
-CROP_TRANSFORMS: Final[frozenset[str]] = frozenset({"crop_5pct"})
-# Reported with their own recall but held to no target (harsher than the issue asks).
-INFORMATIVE_TRANSFORMS: Final[frozenset[str]] = frozenset({"crop_5pct_each_side"})
-# Every transform that removes content at the edges: the benchmark also checks that a
-# cropped copy of one caption never matches another caption's original, both ways round.
-CROPPING_TRANSFORMS: Final[frozenset[str]] = CROP_TRANSFORMS | INFORMATIVE_TRANSFORMS
+# Transforms that remove content at the edges, held to the lower recall target (≥ 0.9);
+# the benchmark also checks that a cropped copy of one caption never matches another
+# caption's original, both ways round.
+CROP_TRANSFORMS: Final[frozenset[str]] = frozenset(
+    {"crop_5pct", "crop_5pct_each_side", "crop_2to5pct_each_side"}
+)
+CROPPING_TRANSFORMS: Final[frozenset[str]] = CROP_TRANSFORMS
+# Left out of the load tests' repeat mixes (``loadtest.locustfile``, ``loadtest.bench_latency``)
+# so that their figures stay comparable with earlier runs; ``make bench-dedupe`` holds them
+# to the crop target like the others.
+INFORMATIVE_TRANSFORMS: Final[frozenset[str]] = frozenset(
+    {"crop_5pct_each_side", "crop_2to5pct_each_side"}
+)
 
 
 def apply(name: str, img: Image.Image, seed: int) -> Image.Image:

@@ -5,9 +5,10 @@ by (image, scope), the scope being the normalised request context, the model and
 prompt version (:func:`scope_of`), so another context or model is always a miss.
 
 Lookup is two-staged: an exact hit on the decoded-pixel hash, else the
-:class:`~serve_app.media.hamming_index.HammingIndex` yields candidates within the coarse
-radius and :meth:`~serve_app.media.fingerprint.Fingerprinter.near_distance` confirms one
-(DESIGN.md §4: a template with another caption must not match).
+:class:`~serve_app.media.fingerprint.FingerprintIndex` yields candidates within the coarse
+radius (by the window codes that tolerate crops; by the whole-picture code for version 1
+fingerprints) and :meth:`~serve_app.media.fingerprint.Fingerprinter.near_distance`
+confirms one (DESIGN.md §4: a template with another caption must not match).
 
 Memory is bounded (entries and bytes, LRU) and entries expire (TTL, wall clock). The
 backend (:mod:`serve_app.library.backends`) persists every stored analysis; on start
@@ -27,7 +28,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,8 +39,7 @@ from serve_app.library.backends import (
     LibraryUnavailable,
     open_backend,
 )
-from serve_app.media.fingerprint import Fingerprint, Fingerprinter
-from serve_app.media.hamming_index import HammingIndex
+from serve_app.media.fingerprint import Fingerprint, Fingerprinter, FingerprintIndex
 
 logger = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ class FingerprintLibrary:
         self._entries: OrderedDict[str, _Entry] = OrderedDict()
         self._by_item: dict[int, str] = {}
         self._uploads: dict[str, tuple[str, Literal["exact", "near"], int]] = {}
-        self._index = HammingIndex(max_radius=max(1, fingerprinter.params.coarse_radius))
+        self._index = FingerprintIndex(fingerprinter.params.coarse_radius)
         self._next_item = 0
         self._bytes = 0
         self._cursor = 0
@@ -212,6 +212,18 @@ class FingerprintLibrary:
             else:
                 self._near_hits += 1
             return LibraryHit(entry.analysis, entry.level, match, distance, entry.fingerprint)
+
+    def count_resent(self, answered: Mapping[str, int]) -> None:
+        """Count hits on resent bytes that an Ingress answered from its hot copy
+        (:mod:`serve_app.library.hot`), by match (``exact``/``near``), as upload hits."""
+        with self._lock:
+            for match, count in answered.items():
+                self._lookups += count
+                self._upload_hits += count
+                if match == "exact":
+                    self._exact_hits += count
+                else:
+                    self._near_hits += count
 
     def lookup(self, key: StoreKey, max_level: int = 0) -> LibraryHit | None:
         """The best stored answer for ``key`` produced at ``max_level`` or better, or None."""
@@ -258,9 +270,8 @@ class FingerprintLibrary:
         self._bytes += _UPLOAD_KEY_BYTES
 
     def _nearest(self, key: StoreKey, max_level: int, now: float) -> tuple[_Entry, int] | None:
-        radius = self.fingerprinter.params.coarse_radius
         best: tuple[_Entry, int] | None = None
-        for item, _ in self._index.search(key.fingerprint.coarse, radius):
+        for item, _ in self._index.search(key.fingerprint):
             entry = self._live(self._by_item[item], now)
             if entry is None or entry.scope != key.scope or entry.level > max_level:
                 continue
@@ -335,7 +346,7 @@ class FingerprintLibrary:
         )
         self._entries[record.entry_id] = entry
         self._by_item[item] = record.entry_id
-        self._index.add(item, fingerprint.coarse)
+        self._index.add(item, fingerprint)
         self._bytes += size
         self._evict()
         return entry

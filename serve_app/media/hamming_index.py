@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from itertools import combinations
 from typing import Final
 
@@ -155,6 +156,32 @@ class HammingIndex:
         order = np.lexsort((ids, distances))
         return list(zip(ids[order].tolist(), distances[order].astype(int).tolist(), strict=True))
 
+    def search_any(self, codes: Sequence[int], radius: int) -> list[tuple[int, int]]:
+        """``(item_id, distance)`` within ``radius`` of *any* of ``codes``, nearest first.
+
+        The distance is the smallest to any of the codes; the same answer as merging
+        :meth:`search` over each code, in one pass over the buckets (a multi-probe lookup
+        pays the per-call overhead once).
+        """
+        if radius < 0 or not self._slot_of or not len(codes):
+            return []
+        queries = np.array([c & _MASK64 for c in codes], dtype=np.uint64)
+        if radius > self.max_radius or radius >= 64:
+            slots = np.flatnonzero(self._alive[: self._size])
+            distances = np.bitwise_count(self._codes[slots][:, None] ^ queries[None, :]).min(1)
+        else:
+            slots, distances = self._candidates_many(queries, radius)
+        keep = (distances <= radius) & self._alive[slots]
+        slots, distances = slots[keep], distances[keep]
+        if len(slots) > 1:  # found through several blocks or codes: keep the nearest
+            order = np.lexsort((distances, slots))
+            slots, distances = slots[order], distances[order]
+            slots, first = np.unique(slots, return_index=True)
+            distances = distances[first]
+        ids = self._ids[slots]
+        order = np.lexsort((ids, distances))
+        return list(zip(ids[order].tolist(), distances[order].astype(int).tolist(), strict=True))
+
     def brute_force(self, code: int, radius: int) -> list[tuple[int, int]]:
         """Reference answer by a linear numpy scan (for tests and benchmarks)."""
         alive = np.flatnonzero(self._alive[: self._size])
@@ -258,6 +285,51 @@ class HammingIndex:
         close = distances <= radius
         slots = self._order[positions[close]].astype(np.int64)
         return np.concatenate((slots, tail)), np.concatenate((distances[close], tail_distances))
+
+    def _candidates_many(
+        self, queries: npt.NDArray[np.uint64], radius: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.uint8]]:
+        """:meth:`_candidates` for several codes at once; distances to the nearest code."""
+        tail = np.arange(self._built, self._size, dtype=np.int64)
+        tail_distances = np.bitwise_count(self._codes[tail][:, None] ^ queries[None, :]).min(
+            1, initial=64
+        )
+        if not self._built:
+            return tail, tail_distances.astype(np.uint8)
+        masks, owner = self._plan(radius)
+        values = np.array(
+            [
+                [
+                    (int(code) >> shift) & mask
+                    for shift, mask in zip(self._shifts, self._masks, strict=True)
+                ]
+                for code in queries.tolist()
+            ],
+            dtype=np.int64,
+        )
+        buckets = ((values[:, owner] ^ masks[None, :]) + self._base_array[owner][None, :]).ravel()
+        which = np.repeat(np.arange(len(queries)), len(masks))
+        starts = self._offsets[buckets]
+        lengths = self._offsets[buckets + 1] - starts
+        nonempty = lengths > 0
+        starts, lengths, which = starts[nonempty], lengths[nonempty], which[nonempty]
+        total = int(lengths.sum())
+        if total == 0:
+            return tail, tail_distances.astype(np.uint8)
+        steps = np.ones(total, dtype=np.int64)
+        heads = np.cumsum(lengths)[:-1]
+        steps[0] = starts[0]
+        steps[heads] = starts[1:] - (starts[:-1] + lengths[:-1]) + 1
+        positions = np.cumsum(steps)
+        distances = np.bitwise_count(
+            self._sorted_codes[positions] ^ np.repeat(queries[which], lengths)
+        )
+        close = distances <= radius
+        slots = self._order[positions[close]].astype(np.int64)
+        return (
+            np.concatenate((slots, tail)),
+            np.concatenate((distances[close], tail_distances.astype(np.uint8))),
+        )
 
     def _grow(self) -> None:
         capacity = max(1024, 2 * len(self._codes))

@@ -14,3 +14,5 @@ class Looked:
 
     hit: LibraryHit | None
     marks: Marks = field(default_factory=Marks)
+    epoch: str | None = None
+    """The store's epoch when it answered (:meth:`FingerprintStore.epoch`)."""

@@ -3,11 +3,13 @@
 An :class:`ImageMarks` holds marks (a list entry, a review …), each on one image's
 :class:`~serve_app.media.fingerprint.Fingerprint`, and answers "which marks apply to this
 image?" with the fingerprint library's rule (DESIGN.md §4): an exact hit on the decoded
-pixel hash, else candidates from a :class:`~serve_app.media.hamming_index.HammingIndex`
-within ``coarse_radius`` of the coarse code, each confirmed by
+pixel hash, else candidates from a :class:`~serve_app.media.fingerprint.FingerprintIndex`
+within ``coarse_radius`` (by the window codes that tolerate crops of a few percent a side;
+by the whole-picture code for version 1 fingerprints), each confirmed by
 :meth:`~serve_app.media.fingerprint.Fingerprinter.near_distance` (which refuses the same
-template under another caption). Lookups cost an index probe plus one detail check per
-candidate, not a pass over the marks.
+template under another caption) — the same rule as
+:class:`~serve_app.library.store.FingerprintLibrary`. Lookups cost an index probe plus one
+detail check per candidate, not a pass over the marks.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from serve_app.media.fingerprint import Fingerprint, Fingerprinter
-from serve_app.media.hamming_index import HammingIndex
+from serve_app.media.fingerprint import Fingerprint, Fingerprinter, FingerprintIndex
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ class MarkHit:
     """A copy of what :meth:`ImageMarks.add` was given."""
     match: Literal["exact", "near"]
     distance: int
-    """0 for an exact hit, else the coarse Hamming distance (0..``coarse_radius``)."""
+    """0 for an exact hit, else
+    :meth:`~serve_app.media.fingerprint.Fingerprinter.coarse_distance` (0..``coarse_radius``)."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class ImageMarks:
         self._marks: dict[str, _Mark] = {}
         self._by_item: dict[int, str] = {}
         self._by_exact: dict[str, dict[str, None]] = {}  # exact key -> mark ids (ordered set)
-        self._index = HammingIndex(max_radius=max(1, fingerprinter.params.coarse_radius))
+        self._index = FingerprintIndex(fingerprinter.params.coarse_radius)
         self._next_item = 0
 
     def add(self, mark_id: str, fingerprint: Fingerprint, payload: dict[str, Any]) -> None:
@@ -65,7 +67,7 @@ class ImageMarks:
         self._marks[mark_id] = _Mark(item, fingerprint, dict(payload))
         self._by_item[item] = mark_id
         self._by_exact.setdefault(fingerprint.exact, {})[mark_id] = None
-        self._index.add(item, fingerprint.coarse)
+        self._index.add(item, fingerprint)
 
     def remove(self, mark_id: str) -> bool:
         """Forget mark ``mark_id``; whether it was there."""
@@ -96,8 +98,7 @@ class ImageMarks:
             MarkHit(mark_id, dict(self._marks[mark_id].payload), "exact", 0)
             for mark_id in exact_ids
         ]
-        radius = self.fingerprinter.params.coarse_radius
-        for item, _ in self._index.search(fingerprint.coarse, radius):
+        for item, _ in self._index.search(fingerprint):
             mark_id = self._by_item[item]
             if mark_id in exact_ids:
                 continue

@@ -52,7 +52,8 @@ class ImageListHit:
     label: str | None
     match: Literal["exact", "near"]
     distance: int
-    """0 for an exact hit, else the coarse Hamming distance."""
+    """0 for an exact hit, else the Hamming distance through which the index found it
+    (:meth:`~serve_app.media.fingerprint.Fingerprinter.coarse_distance`)."""
 
 
 @dataclass(frozen=True)

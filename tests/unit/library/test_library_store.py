@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import io
+import random
+import struct
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from loadtest.corpus import MemeSpec, draw_meme
+from loadtest.generators import GENERATORS, caption_variants
+from loadtest.transforms import apply
 from serve_app.library.backends import (
     LibraryBackend,
     LibraryRecord,
@@ -18,7 +23,8 @@ from serve_app.library.backends import (
     SqliteBackend,
 )
 from serve_app.library.store import FingerprintLibrary, StoreKey, scope_of, upload_key
-from serve_app.media.fingerprint import Fingerprinter
+from serve_app.media.fingerprint import Fingerprinter, _dct_code, _levels, _shrink, trim_box
+from serve_app.media.imaging import pixel_key
 
 FINGERPRINTER = Fingerprinter()
 SCOPE = scope_of("", "lite@1", "p1")
@@ -88,6 +94,61 @@ def test_exact_then_near_then_miss() -> None:
     stats = lib.stats()
     assert (stats.exact_hits, stats.near_hits, stats.misses, stats.lookups) == (1, 1, 3, 5)
     assert stats.hit_ratio == pytest.approx(2 / 5)
+
+
+@pytest.mark.parametrize("generator", ["photo", "panels"])
+def test_crops_of_memes_unlike_ours_are_near_hits_and_other_captions_are_not(
+    generator: str,
+) -> None:
+    gen = GENERATORS[generator]
+    lib = library()
+    for template in (0, 1):
+        base, other = caption_variants(gen.layout(template), 2, random.Random(template))
+        original, another = gen.meme(template, base), gen.meme(template, other)
+        assert lib.store(key_of(original), analysis(f"{generator} {template}"), level=0)
+        for name in ("crop_5pct_each_side", "crop_2to5pct_each_side"):
+            hit = lib.lookup(key_of(apply(name, original, template)))
+            assert hit is not None and hit.match == "near", (template, name)
+            assert hit.analysis["explanation"] == f"{generator} {template}"
+            assert lib.lookup(key_of(apply(name, another, template))) is None, (template, name)
+
+
+def _v1_bytes(image: Image.Image) -> bytes:
+    """A version 1 serialised fingerprint, built the way version 1 built it."""
+    work = image.convert("RGB").reduce(2)
+    box = trim_box(np.asarray(work, dtype=np.int16), 6.0)
+    pixels = np.asarray(
+        work.convert("L").resize((64, 64), Image.Resampling.BILINEAR, box=box), dtype=np.float32
+    )
+    flat = _levels(pixels).ravel()
+    detail = ((flat[0::2] << 4) | flat[1::2]).tobytes()
+    exact = pixel_key(image).encode()
+    coarse = _dct_code(_shrink(pixels, 2))
+    return b"MFP" + bytes((1, len(exact))) + struct.pack(">QH", coarse, 2048) + exact + detail
+
+
+def test_version_1_records_still_load_and_answer_near_copies() -> None:
+    backend = MemoryBackend()
+    data = _v1_bytes(MEME)
+    backend.put(
+        LibraryRecord(
+            entry_id=f"{pixel_key(MEME)}:{SCOPE}",
+            exact_key=pixel_key(MEME),
+            scope=SCOPE,
+            fingerprint=data,
+            analysis=analysis("stored by version 1"),
+            level=0,
+            stored_at=1_000_000.0,
+        )
+    )
+    lib = library(backend)
+    assert lib.sync() == 1
+    exact = lib.lookup(key_of(MEME))
+    assert exact is not None and exact.match == "exact"
+    near = lib.lookup(key_of(jpeg_copy(MEME)))
+    assert near is not None and near.match == "near"
+    assert near.analysis["explanation"] == "stored by version 1"
+    assert lib.lookup(key_of(OTHER_CAPTION)) is None
 
 
 def test_near_matching_can_be_switched_off() -> None:
@@ -209,3 +270,14 @@ def test_resent_bytes_are_answered_by_their_upload_key() -> None:
     # Evicting the entry forgets its upload keys too.
     lib.store(key_of(OTHER_CAPTION), analysis("other"), level=0)
     assert lib.lookup_upload(upload_key(b"original", SCOPE), max_level=3) is None
+
+
+def test_resent_bytes_an_ingress_answered_count_as_upload_hits() -> None:
+    lib = library()
+    lib.store(key_of(MEME), analysis("original"), level=0)
+    assert lib.lookup(key_of(OTHER_CAPTION)) is None  # one miss
+    lib.count_resent({"exact": 3, "near": 1})
+    stats = lib.stats()
+    assert (stats.exact_hits, stats.near_hits, stats.upload_hits) == (3, 1, 4)
+    assert (stats.lookups, stats.misses) == (5, 1)
+    assert stats.hit_ratio == pytest.approx(4 / 5)

@@ -152,3 +152,32 @@ def test_large_radius_plan_and_tail_stay_exact() -> None:
         query = _flip(items[q * 150], rng.randrange(0, 18), rng)
         for radius in (0, 3, 9, 16, 20):
             assert index.search(query, radius) == _brute(items, query, radius)
+
+
+@pytest.mark.parametrize("radius", [0, 5, 12, 20])
+def test_search_any_is_the_nearest_of_searching_each_code(radius: int) -> None:
+    """Several query codes at once: every item near any of them, at its smallest distance."""
+    rng = random.Random(radius)
+    centres = [rng.getrandbits(64) for _ in range(40)]
+
+    def near(code: int) -> int:
+        for _ in range(rng.randrange(0, 14)):
+            code ^= 1 << rng.randrange(64)
+        return code
+
+    index = HammingIndex(max_radius=12)
+    index.add_many(
+        range(3000), np.array([near(rng.choice(centres)) for _ in range(3000)], np.uint64)
+    )
+    for item in range(3000, 3050):  # a tail added after the last rebuild
+        index.add(item, near(rng.choice(centres)))
+    index.remove(7)
+    for _ in range(25):
+        codes = [near(rng.choice(centres)) for _ in range(3)]
+        merged: dict[int, int] = {}
+        for code in codes:
+            for item, distance in index.search(code, radius):
+                merged[item] = min(distance, merged.get(item, 65))
+        expected = sorted(merged.items(), key=lambda pair: (pair[1], pair[0]))
+        assert index.search_any(codes, radius) == expected
+    assert index.search_any([], radius) == []

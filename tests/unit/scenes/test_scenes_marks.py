@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 
 import pytest
+from PIL import Image
 
-from serve_app.media.fingerprint import Fingerprint, Fingerprinter
+from loadtest.generators import GENERATORS, caption_variants
+from loadtest.transforms import round_trip
+from serve_app.media.fingerprint import Fingerprint, Fingerprinter, hamming
 from serve_app.scenes.marks import ImageMarks
 from tests.unit.scenes.meme_copies import Meme
 
@@ -42,21 +46,99 @@ def test_near_copies_are_found(fingerprinter: Fingerprinter, memes: list[Meme], 
         assert 0 <= hits[0].distance <= fingerprinter.params.coarse_radius
 
 
+# Fractions cut off (left, top, right, bottom): 3-5 % a side, then saved as JPEG.
+CROPS = ((0.03, 0.05, 0.04, 0.035), (0.05, 0.05, 0.05, 0.05))
+# Templates whose whole-picture code drifts past the coarse radius under these crops (a
+# lookup by that code alone, as before the window index, misses them).
+CROPPED_TEMPLATES = (("photo", 0), ("photo", 1), ("classic", 1), ("panels", 0))
+
+
+def cropped(image: Image.Image, fractions: tuple[float, float, float, float]) -> Image.Image:
+    """``image`` with ``fractions`` of its width/height cut off each side, as JPEG q85."""
+    w, h = image.size
+    left, top, right, bottom = fractions
+    box = (round(left * w), round(top * h), w - round(right * w), h - round(bottom * h))
+    return round_trip(image.crop(box), "JPEG", quality=85)
+
+
+@dataclass(frozen=True)
+class CroppedMeme:
+    """A generated meme, its cropped copies, and its template under another caption."""
+
+    original: Fingerprint
+    crops: tuple[Fingerprint, ...]
+    other_caption: Fingerprint
+    other_caption_crops: tuple[Fingerprint, ...]
+
+
+@pytest.fixture(scope="module")
+def cropped_memes(fingerprinter: Fingerprinter) -> list[CroppedMeme]:
+    memes = []
+    for name, template in CROPPED_TEMPLATES:
+        generator = GENERATORS[name]
+        base, other = caption_variants(generator.layout(template), 2, random.Random(template))
+        images = (generator.meme(template, base), generator.meme(template, other))
+        original, another = (fingerprinter.fingerprint(image) for image in images)
+        crops = [
+            tuple(fingerprinter.fingerprint(cropped(image, box)) for box in CROPS)
+            for image in images
+        ]
+        memes.append(CroppedMeme(original, crops[0], another, crops[1]))
+    return memes
+
+
+def test_cropped_copies_are_found_as_the_library_finds_them(
+    fingerprinter: Fingerprinter, cropped_memes: list[CroppedMeme]
+) -> None:
+    marks = ImageMarks(fingerprinter)
+    for n, meme in enumerate(cropped_memes):
+        marks.add(f"m{n}", meme.original, {"n": n})
+    radius = fingerprinter.params.coarse_radius
+    for n, meme in enumerate(cropped_memes):
+        for copy in meme.crops:
+            hits = marks.find(copy)
+            assert [(h.mark_id, h.match) for h in hits] == [(f"m{n}", "near")], n
+            assert hits[0].distance == fingerprinter.coarse_distance(copy, meme.original)
+            assert hits[0].distance <= radius
+    # What the window codes are for: the whole-picture code alone misses some of these.
+    assert any(
+        hamming(copy.coarse, meme.original.coarse) > radius
+        for meme in cropped_memes
+        for copy in meme.crops
+    )
+
+
+def found(
+    fingerprinter: Fingerprinter, listed: list[Fingerprint], queries: list[Fingerprint]
+) -> list[str]:
+    """Every mark found for ``queries`` on a list of ``listed``."""
+    marks = ImageMarks(fingerprinter)
+    for n, fingerprint in enumerate(listed):
+        marks.add(f"m{n}", fingerprint, {})
+    return [hit.mark_id for query in queries for hit in marks.find(query)]
+
+
+def test_another_caption_cropped_or_not_is_not_found(
+    fingerprinter: Fingerprinter, cropped_memes: list[CroppedMeme]
+) -> None:
+    originals = [meme.original for meme in cropped_memes]
+    variants = [meme.other_caption for meme in cropped_memes]
+    variant_queries = [q for m in cropped_memes for q in (m.other_caption, *m.other_caption_crops)]
+    assert found(fingerprinter, originals, variant_queries) == []
+    # ... nor the other way round: the variant listed, the original and its crops looked up.
+    original_queries = [q for m in cropped_memes for q in (m.original, *m.crops)]
+    assert found(fingerprinter, variants, original_queries) == []
+
+
 def test_another_caption_on_the_same_template_is_not_found(
     fingerprinter: Fingerprinter, memes: list[Meme]
 ) -> None:
-    marks = ImageMarks(fingerprinter)
-    for n, meme in enumerate(memes):
-        marks.add(f"m{n}", meme.original, {})
-    for meme in memes:
-        assert marks.find(meme.other_caption) == []
+    originals = [meme.original for meme in memes]
+    variants = [meme.other_caption for meme in memes]
+    assert found(fingerprinter, originals, variants) == []
     # ... nor the other way round: the variant listed, the original looked up.
-    variants = ImageMarks(fingerprinter)
-    for n, meme in enumerate(memes):
-        variants.add(f"v{n}", meme.other_caption, {})
-    for meme in memes:
-        assert variants.find(meme.original) == []
-        assert variants.find(meme.cropped) == []
+    queries = [q for meme in memes for q in (meme.original, meme.cropped)]
+    assert found(fingerprinter, variants, queries) == []
 
 
 def test_replace_and_remove(fingerprinter: Fingerprinter, memes: list[Meme]) -> None:
@@ -112,14 +194,15 @@ def test_lookup_checks_only_index_candidates_at_scale(memes: list[Meme]) -> None
     rng = random.Random(5)
     detail = memes[0].original.detail
     for n in range(20_000):
-        marks.add(f"r{n}", Fingerprint(f"random-{n}", rng.getrandbits(64), detail), {})
+        codes = tuple(rng.getrandbits(64) for _ in range(3))
+        marks.add(f"r{n}", Fingerprint(f"random-{n}", rng.getrandbits(64), detail, codes), {})
     for n, meme in enumerate(memes):
         marks.add(f"m{n}", meme.original, {})
     counting.checks = 0
     for n, meme in enumerate(memes):
         assert [h.mark_id for h in marks.find(meme.cropped)] == [f"m{n}"]
         assert marks.find(meme.other_caption) == []
-    # Random 64-bit codes fall within radius 12 of a query with p ≈ 2e-7: a few checks
-    # per lookup at most (the true candidate), not 20 000.
+    # Random 64-bit codes fall within radius 12 of a query's code with p ≈ 2e-7 (three
+    # window codes probed): a few checks per lookup at most (the true candidate), not 20 000.
     assert counting.checks <= 4 * len(memes)
     assert len(marks) == 20_000 + len(memes)
