@@ -70,6 +70,8 @@ class FingerprintStore:
         self._decisions = DecisionTable(self._scenes_args.decisions_kept)
         # Thumbnails by exact image hash, for requests answered from resent bytes.
         self._thumbnails: OrderedDict[str, bytes] = OrderedDict()
+        # Names this replica's life in its epoch: a restarted store is a new epoch.
+        self._instance = uuid.uuid4().hex[:12]
         if self._scenes_args.enabled:
             await self._open_scenes()
         if not self._args.enabled:
@@ -135,11 +137,20 @@ class FingerprintStore:
         if self._library is None:
             return Looked(None)
         with stage("cache_lookup", {"memeserve.cache.kind": "upload"}):
+            epoch = self.epoch()
             hit = _observed("upload", self._library.lookup_upload(upload, max_level))
             if hit is None or hit.fingerprint is None:
-                return Looked(hit)
+                return Looked(hit, epoch=epoch)
             thumbnail = self._thumbnails.get(hit.fingerprint.exact)
-            return Looked(hit, self._marks(hit.fingerprint, request_id, thumbnail))
+            return Looked(hit, self._marks(hit.fingerprint, request_id, thumbnail), epoch)
+
+    def epoch(self, answered: dict[str, int] | None = None) -> str:
+        """What the marks of any image depend on: this replica's life and the last scenes
+        event applied. The Ingress keeps answers for resent bytes only while it holds;
+        ``answered``: its hot answers since it last asked, by match (counted as hits)."""
+        if answered and self._library is not None:
+            self._library.count_resent(answered)
+        return f"{self._instance}:{self._scenes.last_seq if self._scenes is not None else 0}"
 
     def lookup(
         self,
@@ -152,6 +163,7 @@ class FingerprintStore:
         on a miss), and the image's list entries and review; ``request_id`` and
         ``thumbnail`` are kept for the request's decision."""
         hit = None
+        epoch = self.epoch()
         if self._library is not None:
             with stage("cache_lookup", {"memeserve.cache.kind": "fingerprint"}):
                 hit = _observed("fingerprint", self._library.lookup(key, max_level))
@@ -160,7 +172,7 @@ class FingerprintStore:
             self._thumbnails.move_to_end(key.fingerprint.exact)
             while len(self._thumbnails) > self._scenes_args.decisions_kept:
                 self._thumbnails.popitem(last=False)
-        return Looked(hit, self._marks(key.fingerprint, request_id, thumbnail))
+        return Looked(hit, self._marks(key.fingerprint, request_id, thumbnail), epoch)
 
     def _marks(
         self, fingerprint: Fingerprint, request_id: str | None, thumbnail: bytes | None
@@ -177,10 +189,13 @@ class FingerprintStore:
             return False
         return self._library.store(key, analysis, level)
 
-    def stats(self) -> dict[str, Any]:
-        """Entries, hits (exact/near), misses and hit ratio for /v1/status."""
+    def stats(self, answered: dict[str, int] | None = None) -> dict[str, Any]:
+        """Entries, hits (exact/near), misses and hit ratio for /v1/status (``answered``:
+        as for :meth:`epoch`, so the asking Ingress's own hits are in the figures)."""
         if self._library is None:
             return {"enabled": False}
+        if answered:
+            self._library.count_resent(answered)
         figures = self._library.stats().as_dict()
         try:
             backend = self._library.backend.stats()
@@ -226,9 +241,17 @@ class FingerprintStore:
             return [row for row in state.reviews() if row["seq"] > after][:limit]
         raise ValueError(f"unknown scenes view {what!r}")
 
-    def record_decision(self, request_id: str, summary: dict[str, Any]) -> bool:
-        """What the Ingress's policy decided for ``request_id`` (for /v1/decisions)."""
-        return self._decisions.record(request_id, summary)
+    def record_decisions(self, decisions: list[tuple[str, dict[str, Any], bytes | None]]) -> int:
+        """What the Ingress's policy decided, ``(request_id, summary, seen)`` in order (for
+        /v1/decisions); ``seen``: the image's fingerprint when no lookup here saw the
+        request (the Ingress answered it from its hot copy). Returns how many were kept."""
+        kept = 0
+        for request_id, summary, seen in decisions:
+            if seen is not None:
+                fingerprint = Fingerprint.from_bytes(seen)
+                self._decisions.seen(request_id, seen, self._thumbnails.get(fingerprint.exact))
+            kept += bool(self._decisions.record(request_id, summary))
+        return kept
 
     def decisions(self, limit: int, actions: list[str] | None = None) -> list[dict[str, Any]]:
         """Recent decisions, newest first (default: those not at their policy's mildest)."""

@@ -69,10 +69,19 @@ class LoadController:
             await asyncio.sleep(self._controller.config.period_s)
 
     def report(
-        self, source: str, kind: ReporterKind, signals: dict[str, float], capacity: int = 0
+        self,
+        source: str,
+        kind: ReporterKind,
+        signals: dict[str, float],
+        capacity: int = 0,
+        engine: dict[str, Any] | None = None,
     ) -> LevelState:
-        """Take one replica's raw signals; answer with the current level."""
-        return self._controller.report(source, kind, signals, capacity)
+        """Take one replica's raw signals (and engine figures); answer with the current level."""
+        return self._controller.report(source, kind, signals, capacity, engine)
+
+    def engine(self) -> dict[str, Any] | None:
+        """The last-reported VLM replica's engine figures for /v1/status (None: none fresh)."""
+        return self._controller.engine()
 
     def state(self) -> LevelState:
         """The current level and its row (replicas cache it)."""

@@ -114,6 +114,8 @@ class Preprocessor:
                         match=hit.match,
                         distance=hit.distance,
                         marks=looked.marks,
+                        fingerprint=keyed.key.fingerprint,
+                        epoch=looked.epoch,
                     )
             prepared = await asyncio.to_thread(
                 build_request,
@@ -129,7 +131,7 @@ class Preprocessor:
                     "memeserve.image.analysed_height": prepared.image.analysed_height or 0,
                 }
             )
-            return dataclasses.replace(prepared, marks=looked.marks)
+            return dataclasses.replace(prepared, marks=looked.marks, epoch=looked.epoch)
 
     def _key(self, data: bytes, text: str | None, upload: str | None) -> tuple[Keyed, bytes | None]:
         """The keyed upload and, when scenes are on, its thumbnail (worker thread)."""

@@ -15,7 +15,7 @@ from serve_app.library.store import StoreKey
 from serve_app.observability.logs import configure_logging, set_request_id
 from serve_app.observability.tracing import stage
 from serve_app.understanding import structuring
-from serve_app.understanding.structuring import StructureContext
+from serve_app.understanding.structuring import StructureContext, StructuredAnswer
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Structurer:
 
     async def structure(
         self, output: EngineOutput, context: StructureContext, store_key: StoreKey | None
-    ) -> dict[str, Any]:
+    ) -> StructuredAnswer:
         """Build the analysis for ``output`` and store it in the library under ``store_key``."""
         set_request_id(context.request_id)
         with stage("structure", {"request_id": context.request_id}) as span:
@@ -60,5 +60,7 @@ class Structurer:
                 }
             )
             if stored:
-                await self._store.store.remote(store_key, result, analysis.meta.degradation_level)
-        return result
+                stored = await self._store.store.remote(
+                    store_key, result, analysis.meta.degradation_level
+                )
+        return StructuredAnswer(result, stored)

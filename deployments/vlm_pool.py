@@ -87,9 +87,11 @@ class VLMPool:
         batcher.set_batch_wait_timeout_s(args.transformers.batch_wait_timeout_s)
         await self._pool.start()
 
-    async def _report(self, signals: dict[str, float], capacity: int) -> LevelState:
+    async def _report(
+        self, signals: dict[str, float], capacity: int, engine: dict[str, Any]
+    ) -> LevelState:
         state: LevelState = await self._controller.report.remote(
-            self._pool.source, "vlm", signals, capacity
+            self._pool.source, "vlm", signals, capacity, engine
         )
         return state
 
@@ -141,6 +143,11 @@ class VLMPool:
     def info(self) -> dict[str, Any]:
         """Engine kind, model, load figures and signals, for /readyz and /v1/status."""
         return self._pool.info()
+
+    def record_autoscaling_stats(self) -> dict[str, float]:
+        """Serve's hook for custom autoscaling metrics (called only where the deployment
+        autoscales): the figures the VLM pool's policy scales on."""
+        return self._pool.autoscaling_stats()
 
     def check_health(self) -> None:
         """Serve's periodic health check: an unusable engine restarts the replica."""

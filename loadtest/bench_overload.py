@@ -7,14 +7,18 @@ The demonstration of the load controller (DESIGN.md §2) on the machine at hand:
   overload rate is ``--factor`` times that;
 * one phase per ``--phases`` entry (default ``off,on``): a fresh service on a copy of
   the profile (free port, in-memory cache, ``LoadController.user_config.enabled``
-  false or true), a short closed-loop warm-up, then open-loop Poisson arrivals at the
-  overload rate for ``--duration`` seconds of distinct memes (no cache hits), while
+  false or true), a short closed-loop warm-up, the unloaded latency (one request at a
+  time for ``--unloaded`` seconds), then open-loop Poisson arrivals at the overload
+  rate for ``--duration`` seconds of distinct memes (no cache hits), while
   ``GET /v1/status`` is polled every 0.5 s into a timeline.
 
 It prints, per phase: requests sent, answers by status, client timeouts, throughput,
-latency percentiles, the share of 200s per degradation level, refusals lacking
-``Retry-After``, the time back to level 0 and the level timeline. Everything goes to
-``artifacts/bench_overload.json``. One run, no assertions on timing.
+latency percentiles and their ratio to the unloaded p95, the share of 200s per
+degradation level, refusals lacking ``Retry-After`` or the JSON error body, how soon
+the level rose after the arrivals started, the time back to level 0 and the level
+timeline; then the goals of issue 17 (controller on: p95 of the 200s at most twice
+the unloaded p95; every refusal with ``Retry-After`` and the JSON body). Everything
+goes to ``artifacts/bench_overload.json``. One run, no assertions on timing.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import copy
 import json
 import os
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
@@ -35,7 +40,7 @@ from typing import Any
 import httpx
 
 from loadtest.corpus import payloads
-from loadtest.harness.http import ANALYZE, SHED_STATUSES
+from loadtest.harness.http import ANALYZE, SHED_STATUSES, async_client, post_meme
 from loadtest.harness.load import (
     CLIENT_TIMEOUT_S,
     Outcome,
@@ -43,11 +48,11 @@ from loadtest.harness.load import (
     open_loop,
     poisson_schedule,
 )
+from loadtest.harness.ports import free_port
 from loadtest.harness.processes import ray_processes
 from loadtest.harness.service import (
     ROOT,
     Service,
-    free_port,
     load_profile,
     start_service,
     stop_service,
@@ -56,6 +61,8 @@ from loadtest.harness.stats import latency_summary
 from loadtest.harness.status import Sample, wait_level_zero
 
 SETTLE_LIMIT_S = 30.0
+GOAL_P95_RATIO = 2.0
+"""Issue 17's goal: with the controller on, p95 of the 200s <= this x the unloaded p95."""
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -98,7 +105,12 @@ def summarise_phase(outcomes: Sequence[Outcome], duration_s: float) -> dict[str,
         "latency_ok_ms": latency_summary([o.latency_ms or 0.0 for o in ok]),
         "latency_answered_ms": latency_summary([o.latency_ms or 0.0 for o in answered]),
         "ok_level_shares": level_shares(outcomes),
+        "shed": len(shed),
         "shed_without_retry_after": sum(1 for o in shed if not o.retry_after),
+        "shed_without_json": sum(1 for o in shed if o.error_code is None),
+        "shed_with_retry_after_and_json": sum(
+            1 for o in shed if o.retry_after and o.error_code is not None
+        ),
         "errors_without_retry_after": sum(
             1 for o in answered if o.status != 200 and not o.retry_after
         ),
@@ -155,6 +167,63 @@ def recovery_s(samples: Sequence[Sample], end_s: float) -> float | None:
     return None if back is None else round(max(0.0, back.t_s - end_s), 1)
 
 
+def level_rise_s(samples: Sequence[Sample]) -> float | None:
+    """Seconds from the start of the arrivals to the first sample above level 0 (None: never).
+
+    A level already above 0 at the start counts as 0.0.
+    """
+    raised = next(
+        (s for s in samples if s.ok and s.level is not None and s.level > 0 and s.t_s >= 0), None
+    )
+    return None if raised is None else round(max(0.0, raised.t_s), 1)
+
+
+def controller_rise_s(transitions: Sequence[dict[str, Any]], start_wall: float) -> float | None:
+    """Seconds from ``start_wall`` (``time.time()`` when the arrivals started) to the
+    controller's first rise above level 0 after it, by the controller's own clock
+    (``/v1/status`` → ``degradation.transitions``); None: no rise."""
+    rises = [
+        float(t["at"]) - start_wall
+        for t in transitions
+        if t.get("from") == 0 and (t.get("to") or 0) > 0 and float(t.get("at") or 0) >= start_wall
+    ]
+    return round(min(rises), 2) if rises else None
+
+
+def _transitions(url: str) -> list[dict[str, Any]]:
+    """The controller's recent level transitions (empty when status does not answer)."""
+    try:
+        body = httpx.get(f"{url}/v1/status", timeout=10).json()
+        found: list[dict[str, Any]] = body["degradation"]["transitions"]
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        return []
+    return found
+
+
+def p95_ratio(phase: dict[str, Any]) -> float | None:
+    """p95 of the phase's 200s under overload / its unloaded p95 (None without both)."""
+    loaded = (phase.get("latency_ok_ms") or {}).get("p95")
+    unloaded = (phase.get("unloaded_ms") or {}).get("p95")
+    if not loaded or not unloaded:
+        return None
+    return round(loaded / unloaded, 2)
+
+
+async def one_at_a_time(url: str, images: list[bytes], seconds: float) -> list[float]:
+    """Latencies (ms) of the 200s of one request at a time for ``seconds``: the unloaded figure."""
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    async with async_client(url, CLIENT_TIMEOUT_S) as client:
+        for data in images:
+            if time.monotonic() >= deadline:
+                break
+            started = time.perf_counter()
+            with contextlib.suppress(httpx.HTTPError):
+                if (await post_meme(client, data)).status_code == 200:
+                    latencies.append((time.perf_counter() - started) * 1000.0)
+    return latencies
+
+
 def peak(samples: Sequence[Sample], attribute: str) -> float | None:
     """The largest non-None value of ``attribute`` over the answered samples."""
     values = [getattr(s, attribute) for s in samples if s.ok and getattr(s, attribute) is not None]
@@ -192,6 +261,7 @@ class Plan:
     seed: int
     warmup_s: float
     calibrate_s: float
+    unloaded_s: float = 15.0
     service_nice: int = 5
     concurrency: int = 4
 
@@ -238,6 +308,10 @@ def run_phase(plan: Plan, name: str, index: int, rate: float | None) -> dict[str
             )
             result["calibration_ok_per_s"] = round(sustained, 2)
             rate = plan.factor * sustained
+        print(f"[{name}] unloaded: one request at a time for {plan.unloaded_s:.0f} s", flush=True)
+        alone = payloads(int(plan.unloaded_s * 10) + 20, base_seed + 4)
+        unloaded = asyncio.run(one_at_a_time(service.url, alone, plan.unloaded_s))
+        result["unloaded_ms"] = latency_summary(unloaded)
         result["settle_s"] = asyncio.run(wait_level_zero(service.url, SETTLE_LIMIT_S))
         result["rate"] = round(rate, 3)
         # The same arrival times in every phase; only the memes differ (no cache hits).
@@ -248,6 +322,7 @@ def run_phase(plan: Plan, name: str, index: int, rate: float | None) -> dict[str
             f"for {plan.duration_s:.0f} s",
             flush=True,
         )
+        start_wall = time.time()
         run = asyncio.run(open_loop(service.url, images, schedule, plan.duration_s))
         result.update(
             summarise_phase(run["outcomes"], plan.duration_s),
@@ -255,6 +330,8 @@ def run_phase(plan: Plan, name: str, index: int, rate: float | None) -> dict[str
             drain_s=run["drain_s"],
             abandoned=run["abandoned"],
             recovery_s=recovery_s(run["samples"], run["arrivals_end_s"]),
+            level_rise_s=level_rise_s(run["samples"]),
+            controller_rise_s=controller_rise_s(_transitions(service.url), start_wall),
             timeline=compress_timeline(run["samples"]),
             peak_load=peak(run["samples"], "load"),
             peak_in_flight=peak(run["samples"], "in_flight"),
@@ -325,6 +402,17 @@ def table_rows(phases: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
             rows.append(
                 (f"latency {label} {q} (ms)", [_fmt(p.get(key, {}).get(q)) for p in phases])
             )
+    rows += [
+        (
+            "unloaded 200s p50 / p95 (ms)",
+            [
+                f"{_fmt(p.get('unloaded_ms', {}).get('p50'))} / "
+                f"{_fmt(p.get('unloaded_ms', {}).get('p95'))}"
+                for p in phases
+            ],
+        ),
+        ("p95 200s / unloaded p95", [_fmt(p95_ratio(p), "x") for p in phases]),
+    ]
     for level in levels:
         rows.append(
             (
@@ -337,6 +425,7 @@ def table_rows(phases: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
         )
     rows += [
         ("429/503 without Retry-After", [_fmt(p.get("shed_without_retry_after")) for p in phases]),
+        ("429/503 without the JSON body", [_fmt(p.get("shed_without_json")) for p in phases]),
         (
             "any non-200 without Retry-After",
             [_fmt(p.get("errors_without_retry_after")) for p in phases],
@@ -355,6 +444,10 @@ def table_rows(phases: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
             ],
         ),
         ("drain after arrivals (s)", [_fmt(p.get("drain_s")) for p in phases]),
+        (
+            "level > 0 after arrivals (s): ctl / polled",
+            [f"{_fmt(p.get('controller_rise_s'))} / {_fmt(p.get('level_rise_s'))}" for p in phases],
+        ),
         ("back to level 0 after arrivals (s)", [_fmt(p.get("recovery_s")) for p in phases]),
         (
             "status polls failed / made",
@@ -391,6 +484,7 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"  error codes ({phase['phase']}): {codes or 'none'}")
     for phase in phases:
         lines.append(f"  level timeline ({phase['phase']}): {format_timeline(phase['timeline'])}")
+    lines += goal_lines(phases)
     for phase in phases:
         stop = phase.get("stop", {})
         if stop.get("strays_killed") or stop.get("ray_stop_force") or stop.get("killed_group"):
@@ -407,6 +501,26 @@ def render(results: dict[str, Any]) -> str:
         f"after {results['ray_processes_after']}"
     )
     return "\n".join(lines)
+
+
+def goal_lines(phases: Sequence[dict[str, Any]]) -> list[str]:
+    """Issue 17's two goals, as this run met them or not."""
+    lines = []
+    for phase in phases:
+        if phase.get("phase") == "on":
+            ratio = p95_ratio(phase)
+            verdict = "-" if ratio is None else ("met" if ratio <= GOAL_P95_RATIO else "NOT met")
+            lines.append(
+                f"  goal (on): p95 of the 200s <= {GOAL_P95_RATIO:g}x the unloaded p95: "
+                f"{_fmt(ratio, 'x')} ({verdict})"
+            )
+        shed, good = phase.get("shed", 0), phase.get("shed_with_retry_after_and_json", 0)
+        verdict = "met" if good == shed else "NOT met"
+        lines.append(
+            f"  goal ({phase.get('phase')}): refusals with Retry-After and the JSON body: "
+            f"{good} of {shed} ({verdict})"
+        )
+    return lines
 
 
 def _machine() -> str:
@@ -435,6 +549,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=float, default=10.0, help="closed-loop warm-up (s)")
     parser.add_argument("--calibrate", type=float, default=20.0, help="calibration loop (s)")
     parser.add_argument(
+        "--unloaded", type=float, default=15.0, help="one request at a time, per phase (s)"
+    )
+    parser.add_argument(
         "--service-nice", type=int, default=5, help="niceness of the service (0: as this)"
     )
     args = parser.parse_args(argv)
@@ -456,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         warmup_s=args.warmup,
         calibrate_s=args.calibrate,
+        unloaded_s=args.unloaded,
         service_nice=args.service_nice,
     )
     results: dict[str, Any] = {

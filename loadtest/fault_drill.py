@@ -307,8 +307,10 @@ async def _drill(url: str, kill: Killer, plan: DrillPlan, images: list[bytes]) -
         recovered.set()
 
     limits = httpx.Limits(max_connections=plan.clients + 8)
+    # httpx's own default (5 s an operation) would cut off a request that the killed
+    # replica's recovery delayed and count it as a hang: only hang_limit_s bounds one.
     async with (
-        httpx.AsyncClient(base_url=url, limits=limits) as client,
+        httpx.AsyncClient(base_url=url, limits=limits, timeout=plan.hang_limit_s) as client,
         httpx.AsyncClient(base_url=url, timeout=10) as status_client,
     ):
         tasks = [asyncio.create_task(client_loop(n, client)) for n in range(plan.clients)]

@@ -17,9 +17,11 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from serve_app.config.models import (
+    VLM_POOL_AUTOSCALING_POLICY,
     AppArgs,
     ControllerUserConfig,
     IngressUserConfig,
+    PoolAutoscalingArgs,
     StructurerUserConfig,
 )
 from serve_app.config.unknown_keys import unknown_keys
@@ -90,6 +92,15 @@ def check_serve_config(document: Any, file: str) -> list[ConfigProblem]:
         ConfigProblem(file, _location([unknown.key], unknown.path), unknown.reason)
         for unknown in unknown_keys(ServeDeploySchema, document)
     ]
+    # Ray's schema imports a custom autoscaling policy while it validates (an import error
+    # would escape as a traceback): those are checked first, each at its place.
+    policies = [
+        problem
+        for prefix, deployment in _deployments(document)
+        for problem in _check_autoscaling_policy(file, prefix, deployment)
+    ]
+    if policies:
+        return [*misspelt, *policies]
     try:
         ServeDeploySchema.model_validate(document)
     except ValidationError as exc:
@@ -140,16 +151,79 @@ def _check_deployment(file: str, prefix: str, deployment: Mapping[str, Any]) -> 
         return [
             ConfigProblem(file, f"{prefix}.name", f"unknown deployment {name!r}; known: {known}")
         ]
+    problems: list[ConfigProblem] = []
+    if name == "Ingress":
+        problems.extend(_check_ingress_backpressure(file, prefix, deployment))
     model = DEPLOYMENT_USER_CONFIG[name]
     user_config = deployment.get("user_config")
     if user_config is None:
-        return []
+        return problems
     if model is None:
-        return [ConfigProblem(file, f"{prefix}.user_config", f"{name} takes no user_config")]
+        reason = f"{name} takes no user_config"
+        return [*problems, ConfigProblem(file, f"{prefix}.user_config", reason)]
     try:
         model.model_validate(user_config)
     except ValidationError as exc:
-        return _problems(file, exc, f"{prefix}.user_config")
+        problems.extend(_problems(file, exc, f"{prefix}.user_config"))
+    return problems
+
+
+def _check_ingress_backpressure(
+    file: str, prefix: str, deployment: Mapping[str, Any]
+) -> list[ConfigProblem]:
+    """A bounded Ingress queue needs ``backpressure_config.retry_after_s``.
+
+    Serve's proxy refuses what is over the Ingress's ``max_queued_requests`` itself,
+    before our code runs; the only ``Retry-After`` its answer can carry is this one
+    (Ray 2.60 sends ``backpressure_config.status_code`` with it).
+    """
+    if deployment.get("max_queued_requests", -1) in (None, -1):
+        return []
+    backpressure = deployment.get("backpressure_config")
+    if isinstance(backpressure, Mapping) and backpressure.get("retry_after_s") is not None:
+        return []
+    reason = (
+        "set it: Serve's proxy refuses what is over the Ingress's max_queued_requests "
+        "itself, and sends Retry-After only with this"
+    )
+    return [ConfigProblem(file, f"{prefix}.backpressure_config.retry_after_s", reason)]
+
+
+def _deployments(document: Mapping[str, Any]) -> Iterable[tuple[str, Mapping[str, Any]]]:
+    """(``applications[i].deployments[j]``, the entry) of every deployment entry."""
+    applications = document.get("applications")
+    for index, application in enumerate(applications if isinstance(applications, list) else []):
+        entries = application.get("deployments") if isinstance(application, Mapping) else None
+        for d_index, deployment in enumerate(entries if isinstance(entries, list) else []):
+            if isinstance(deployment, Mapping):
+                yield f"applications[{index}].deployments[{d_index}]", deployment
+
+
+def _check_autoscaling_policy(
+    file: str, prefix: str, deployment: Mapping[str, Any]
+) -> list[ConfigProblem]:
+    """A custom ``autoscaling_config.policy``: Serve imports it in its controller when it
+    deploys (a wrong path fails the deploy), and builds ours with ``policy_kwargs``."""
+    autoscaling = deployment.get("autoscaling_config")
+    policy = autoscaling.get("policy") if isinstance(autoscaling, Mapping) else None
+    if not isinstance(policy, Mapping) or not policy.get("policy_function"):
+        return []
+    where = f"{prefix}.autoscaling_config.policy"
+    path = str(policy["policy_function"])
+    if path == VLM_POOL_AUTOSCALING_POLICY:
+        if deployment.get("name") != "VLMPool":
+            reason = f"{path!r} scales on the VLM pool replicas' figures: only VLMPool can use it"
+            return [ConfigProblem(file, f"{where}.policy_function", reason)]
+        try:
+            PoolAutoscalingArgs.model_validate(policy.get("policy_kwargs") or {})
+        except ValidationError as exc:
+            return _problems(file, exc, f"{where}.policy_kwargs")
+        return []
+    module_name, _, attribute = path.replace(":", ".").rpartition(".")
+    try:
+        getattr(importlib.import_module(module_name), attribute)
+    except Exception as exc:  # whatever importing it raises, Serve's controller would too
+        return [ConfigProblem(file, f"{where}.policy_function", f"cannot import {path!r}: {exc}")]
     return []
 
 
@@ -227,6 +301,15 @@ PROXY_CALLBACK_ENV = "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"
 PROXY_CALLBACK = "serve_app.http.edge:proxy_middlewares"
 """Installs :class:`serve_app.http.edge.EdgeMiddleware` in Serve's proxy (in every node's
 environment: ``memeserve run`` sets it; a cluster's containers must)."""
+
+
+REPLICA_LOOP_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+}
+"""The Serve settings every shipped profile gives its replicas (the application's
+``runtime_env.env_vars``): our code on the replica's own event loop and handle calls sent
+from it, instead of two extra threads. The in-process test apps run under them too."""
 
 
 def _check_proxy_callback(file: str, cluster: Mapping[str, Any]) -> list[ConfigProblem]:

@@ -74,6 +74,23 @@ class VllmArgs(StrictModel):
     structured_output: bool = Field(
         True, description="Constrain decoding to the analysis JSON schema."
     )
+    sampling_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra keyword arguments for vllm.SamplingParams (repetition_penalty, "
+        "seed, or min_tokens + ignore_eos to force lengths in a benchmark); the level's "
+        "max_tokens, greedy temperature and the JSON schema are set over them.",
+    )
+    json_tokens_per_char: float | None = Field(
+        None,
+        ge=1.0,
+        le=8.0,
+        description="With structured_output: the most tokens one character of free text "
+        "can cost (4 covers any character on a byte-level tokenizer: xgrammar allows no "
+        "escapes in a length-bounded string). Set, the schema bounds the explanation and "
+        "the evidence lists so that every answer the grammar allows closes within the level's "
+        "max_output_tokens: a model looping inside a string returns shorter valid JSON "
+        "instead of a truncated one. Null: only the level's explanation cap bounds text.",
+    )
 
 
 class FaultArgs(StrictModel):
@@ -95,6 +112,14 @@ class FaultArgs(StrictModel):
     )
     seed: int = Field(
         0, description="Seed of the fault RNG: the same seed gives the same faults in order."
+    )
+    slots: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="Requests the delay serves at once per replica (a simulated engine's "
+        "batch limit, as vLLM's max_num_seqs or a full KV cache); the others wait in a queue "
+        "the engine reports as `waiting`, as vLLM's scheduler does. Null: no limit.",
     )
 
 
@@ -338,6 +363,84 @@ def _default_signals() -> dict[SignalName, SignalArgs]:
     }
 
 
+class AdmissionArgs(StrictModel):
+    """Admission by predicted wait in every ingress replica, in front of the engine path
+    (Preprocessor → VLM pool → Structurer), at every level (:mod:`serve_app.load.admission`).
+
+    Part of the LoadController's ``user_config`` (live with ``serve deploy``); in force
+    only while the controller is (``enabled: true``).
+    """
+
+    enabled: bool = Field(
+        True,
+        description="Refuse early (503/429 + Retry-After) what cannot finish within its "
+        "budget, with a concurrency limit per ingress replica that follows the engine "
+        "path's latency. false: only the levels' own admission (route: reject) and Serve's "
+        "queues.",
+    )
+    tolerance: float = Field(
+        1.5,
+        ge=1.0,
+        le=10.0,
+        description="The engine-path time a request may take, as a multiple of the "
+        "low-load time the replica measures: above it the limit shrinks, and no request "
+        "is queued whose predicted wait would take it past this. Symptom → p95 of "
+        "answers too high under overload: lower; too many refusals below capacity: raise.",
+    )
+    max_wait_s: float = Field(
+        0.5,
+        gt=0.0,
+        le=600.0,
+        description="Longest a request waits for a place in the engine path: one "
+        "predicted to wait longer is refused at once, one that has waited this long is "
+        "refused then (CoDel's bounded sojourn time).",
+    )
+    min_limit: int = Field(
+        1,
+        ge=1,
+        le=100_000,
+        description="Fewest requests one ingress replica lets into the engine path at "
+        "once; also the concurrency at which the low-load time is measured (a batching "
+        "GPU engine: a few).",
+    )
+    max_limit: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Most requests one ingress replica lets in at once; null: its share "
+        "of the VLM pool's capacity (replicas x max_ongoing_requests / ingress replicas).",
+    )
+    probe_samples: int = Field(
+        5,
+        ge=1,
+        le=1000,
+        description="The low-load time is the median of the last this many requests that "
+        "ran with at most min_limit in the engine path; until there are this many, "
+        "admission only counts (the limit is the cap).",
+    )
+    probe_interval_s: float = Field(
+        30.0,
+        ge=1.0,
+        le=86_400.0,
+        description="When no request has run at low load for this long (sustained load), "
+        "the limit is held at min_limit for probe_samples requests to measure it again.",
+    )
+    retry_after_s: int = Field(
+        1, ge=1, le=3600, description="Retry-After (seconds) sent with an admission refusal."
+    )
+    reject_status: Literal[429, 503] = Field(
+        503, description="Status of an admission refusal (503 shed, 429 back off)."
+    )
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> AdmissionArgs:
+        if self.max_limit is not None and self.max_limit < self.min_limit:
+            raise ValueError(
+                f"max_limit ({self.max_limit}) must be at least min_limit ({self.min_limit})"
+            )
+        return self
+
+
 class ControllerUserConfig(StrictModel):
     """``user_config`` of the LoadController deployment (live-reloadable with serve deploy)."""
 
@@ -354,13 +457,17 @@ class ControllerUserConfig(StrictModel):
         "Set before the app is deleted or shut down; `memeserve drain` does it and waits.",
     )
     period_s: float = Field(
-        0.5, ge=0.05, le=60, description="Seconds between samples (and replica reports)."
+        0.25,
+        ge=0.05,
+        le=60,
+        description="Seconds between samples (and replica reports). With enter_samples it "
+        "sets how soon a step in load raises the level: about (enter_samples + 2) x this.",
     )
     enter_samples: int = Field(
-        3, ge=1, le=1000, description="Samples the load must hold above a level's enter_load."
+        2, ge=1, le=1000, description="Samples the load must hold above a level's enter_load."
     )
     leave_samples: int = Field(
-        10, ge=1, le=10000, description="Samples the load must hold below leave_load to step down."
+        20, ge=1, le=10000, description="Samples the load must hold below leave_load to step down."
     )
     stale_after_s: float = Field(
         5.0, gt=0, description="A replica report older than this no longer counts."
@@ -373,6 +480,11 @@ class ControllerUserConfig(StrictModel):
     levels: tuple[LevelArgs, ...] = Field(
         default_factory=_default_levels,
         description="Degradation table, one row per level 0..3, thresholds rising with level.",
+    )
+    admission: AdmissionArgs = Field(
+        default_factory=AdmissionArgs,
+        description="Admission by predicted wait in every ingress replica, at every level "
+        "(in force while enabled is true).",
     )
 
     @field_validator("signals", mode="before")
@@ -408,6 +520,78 @@ class ControllerUserConfig(StrictModel):
     def level(self, number: int) -> LevelArgs:
         """The table row for degradation level ``number``."""
         return next(row for row in self.levels if row.level == number)
+
+
+VLM_POOL_AUTOSCALING_POLICY = "serve_app.load.autoscaling:VLMPoolAutoscalingPolicy"
+"""``autoscaling_config.policy.policy_function`` of the VLM pool that scales on the
+graph's own signals (:mod:`serve_app.load.autoscaling`); its ``policy_kwargs`` are a
+:class:`PoolAutoscalingArgs`."""
+
+
+class PoolAutoscalingArgs(StrictModel):
+    """Knobs of the VLM pool's autoscaling policy (``autoscaling_config.policy.policy_kwargs``).
+
+    Scale-up rules act on the replicas' latest figures, scale-down on the look-back
+    window's too; Serve's ``upscale_delay_s`` / ``downscale_delay_s`` and
+    ``min_replicas`` / ``max_replicas`` of the same ``autoscaling_config`` still apply.
+    """
+
+    waiting_per_replica: float | None = Field(
+        1.0,
+        ge=0.0,
+        description="Engine queue (requests waiting inside the engines, mean per replica) "
+        "above which the pool is short: it then asks for (running + waiting) / running "
+        "times the replicas. Null: the engine queue is ignored.",
+    )
+    in_flight_target: float | None = Field(
+        0.75,
+        gt=0.0,
+        le=1.0,
+        description="Share of max_ongoing_requests each replica should hold: the pool asks "
+        "for the requests it holds / (this x max_ongoing_requests) replicas. Null: ignored.",
+    )
+    kv_cache_target: float | None = Field(
+        0.85,
+        gt=0.0,
+        le=1.0,
+        description="KV-cache usage (mean per replica, vLLM only) above which the pool is "
+        "short: it asks for usage / this times the replicas. Null: ignored.",
+    )
+    scale_up_level: int | None = Field(
+        2,
+        ge=1,
+        le=3,
+        description="At or above this degradation level the pool asks for pressure_step more "
+        "replicas than it runs (the graph is already degrading). Null: the level is ignored.",
+    )
+    scale_up_on_refusals: bool = Field(
+        True,
+        description="Admission refusals at a shedding level (the ingresses' latest reports) "
+        "ask for pressure_step more replicas than the pool runs.",
+    )
+    pressure_step: int = Field(
+        1, ge=1, le=64, description="Replicas added at a time for the level or refusals."
+    )
+    requests_rule: bool = Field(
+        True,
+        description="Also ask for what Serve's default policy asks for: requests running and "
+        "queued for the pool (look-back window) / target_ongoing_requests.",
+    )
+    scale_down_step: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Most replicas removed by one decision (each waits downscale_delay_s).",
+    )
+    engine_headroom: float | None = Field(
+        0.75,
+        gt=0.0,
+        le=1.0,
+        description="The pool does not shrink below the requests it holds / (this x the "
+        "engines' concurrency), the concurrency being what a replica ran at once the last "
+        "time its engine queued (ongoing - waiting, kept in Serve's policy state): fewer "
+        "replicas would queue again. Null: off.",
+    )
 
 
 class CacheArgs(StrictModel):
@@ -447,6 +631,28 @@ class CacheArgs(StrictModel):
         le=3600,
         description="Seconds between pulls of what other processes added to the backend "
         "(other nodes on redis, `memeserve library import`).",
+    )
+    hot_entries: int = Field(
+        1024,
+        ge=0,
+        le=1_000_000,
+        description="Per Ingress replica: answers for recently resent bytes kept in the "
+        "replica, so a byte-identical repeat needs no hop to the FingerprintStore; 0: off.",
+    )
+    hot_ttl_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="Seconds an Ingress keeps such an answer (a library entry removed or "
+        "evicted is still served from a hot copy for at most this long).",
+    )
+    hot_sync_s: float = Field(
+        0.25,
+        gt=0,
+        le=10,
+        description="Seconds between each Ingress's checks of the store's epoch: a review "
+        "or list change made through another Ingress replica reaches its hot answers "
+        "within this (through the same replica, at once).",
     )
 
     @field_validator("sqlite_path")
@@ -593,6 +799,16 @@ class ScenesArgs(StrictModel):
         le=1_000_000,
         description="Recent decisions kept in memory for /v1/decisions, /review and reviews "
         "by request_id (with a small thumbnail each, ~4 KB).",
+    )
+    decisions_flush_s: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="Seconds an Ingress replica gathers its decisions before sending them to "
+        "the FingerprintStore in one call (a call per request took ~30 % of a cached "
+        "answer's time on 2 cores). Reads of decisions and reviews through the same replica "
+        "send them first; a review by request_id through another replica waits up to twice "
+        "this for the decision.",
     )
 
     @field_validator("sqlite_path")

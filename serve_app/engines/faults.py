@@ -4,10 +4,12 @@
 :func:`~serve_app.engines.create_engine` wrap the configured engine in a
 :class:`FaultInjectingEngine`. Each generate/stream call (each item of a batch) first
 waits ``delay_ms`` — with ``asyncio.sleep``, so a deadline or a departed client still
-cancels it — then, with probability ``error_rate`` drawn from a seeded RNG, raises an
-:class:`~serve_app.errors.EngineError` whose message says it was injected instead of
-calling the wrapped engine. Everything else delegates. Drills only: leave
-``engine.faults`` null in production.
+cancels it; with ``slots``, at most that many calls of a replica are in the delay at once
+and the others wait for a place, reported as the engine's ``waiting`` queue (a simulated
+engine with a batch limit, for the autoscaling bench) — then, with probability
+``error_rate`` drawn from a seeded RNG, raises an :class:`~serve_app.errors.EngineError`
+whose message says it was injected instead of calling the wrapped engine. Everything
+else delegates. Drills only: leave ``engine.faults`` null in production.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ class FaultInjectingEngine(Engine):
         self._faults = faults
         self._rng = random.Random(faults.seed)
         self._delayed = 0
+        self._queued = 0
+        self._slots = asyncio.Semaphore(faults.slots) if faults.slots is not None else None
         self.injected_errors = 0
         """Calls (batch items included) that raised an injected error so far."""
 
@@ -75,11 +79,15 @@ class FaultInjectingEngine(Engine):
         await self._inner.shutdown()
 
     def stats(self) -> EngineStats:
-        """The wrapped engine's figures; requests held in the injected delay count in flight."""
+        """The wrapped engine's figures; requests held in the injected delay count in flight,
+        those waiting for one of its ``slots`` as waiting."""
         stats = self._inner.stats()
+        waiting = stats.waiting
+        if self._slots is not None:
+            waiting = (waiting or 0) + self._queued
         return EngineStats(
             in_flight=stats.in_flight + self._delayed,
-            waiting=stats.waiting,
+            waiting=waiting,
             kv_cache_usage=stats.kv_cache_usage,
             aborted=stats.aborted,
         )
@@ -116,8 +124,20 @@ class FaultInjectingEngine(Engine):
     async def _delay(self) -> None:
         if self._faults.delay_ms <= 0:
             return
-        with self._held():
-            await asyncio.sleep(self._faults.delay_ms / 1000.0)
+        if self._slots is None:
+            with self._held():
+                await asyncio.sleep(self._faults.delay_ms / 1000.0)
+            return
+        self._queued += 1
+        try:
+            await self._slots.acquire()
+        finally:
+            self._queued -= 1
+        try:
+            with self._held():
+                await asyncio.sleep(self._faults.delay_ms / 1000.0)
+        finally:
+            self._slots.release()
 
     @contextlib.contextmanager
     def _held(self) -> Iterator[None]:

@@ -8,12 +8,15 @@ log, never to the client.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.errors import (
@@ -63,8 +66,20 @@ def unwrap(exc: BaseException) -> BaseException:
     return exc
 
 
-def _from_ray(exc: BaseException | None) -> MemeServeError | None:
-    """Ray's own failures between deployments, as the errors a client should see.
+BACKPRESSURE_RETRY_AFTER_S = 1
+"""Retry-After of a deployment's full queue when its ``backpressure_config`` sets none."""
+
+
+def ray_error(exc: BaseException | None) -> MemeServeError | None:
+    """Ray's own failures between deployments, as the errors a client should see; None
+    when ``exc`` is not one of them.
+
+    * ``BackPressureError``: a deployment's queue is full (its ``max_queued_requests``,
+      at the caller's handle, anywhere in the graph): 503 ``unavailable`` (or 429
+      ``too_many_requests`` when that deployment's ``backpressure_config`` says 429)
+      with its ``retry_after_s``, else ``Retry-After: 1``;
+    * ``DeploymentUnavailableError``: a deployment has no replica to take it: 503, 2 s;
+    * a replica lost mid-request (``RayActorError``, ``ActorUnavailableError``): 503, 2 s.
 
     Serve reports a replica that died upstream of a call (the VLM pool, whose response
     the Structurer was waiting for) as a ``RayServeException`` caused by the actor
@@ -77,7 +92,15 @@ def _from_ray(exc: BaseException | None) -> MemeServeError | None:
         if exc is None:
             return None
         if isinstance(exc, serve_exceptions.BackPressureError):
-            return ServiceUnavailable("the service is at capacity; retry shortly", retry_after_s=1)
+            retry_after = getattr(exc, "retry_after_s", None) or BACKPRESSURE_RETRY_AFTER_S
+            message = "the service is at capacity; retry shortly"
+            if getattr(exc, "status_code", 503) == 429:
+                return TooManyRequests(message, retry_after_s=retry_after)
+            return ServiceUnavailable(message, retry_after_s=retry_after)
+        if isinstance(exc, serve_exceptions.DeploymentUnavailableError):
+            return ServiceUnavailable(
+                "a part of the graph is unavailable; retry shortly", retry_after_s=2
+            )
         if isinstance(exc, ray_exceptions.RayActorError | ray_exceptions.ActorUnavailableError):
             return ServiceUnavailable(
                 "a replica of the graph was lost while serving this request; retry",
@@ -85,6 +108,47 @@ def _from_ray(exc: BaseException | None) -> MemeServeError | None:
             )
         exc = exc.__cause__
     return None
+
+
+@contextlib.contextmanager
+def ray_errors_as_ours() -> Iterator[None]:
+    """Re-raise Ray's failures between deployments (:func:`ray_error`) as our errors.
+
+    The request flow wraps its handle calls in it, so that callers inside the Ingress
+    (batch items, job workers) see a :class:`ServiceUnavailable` they can retry, and
+    every route runs in it (:class:`OurErrorsRoute`).
+    """
+    try:
+        yield
+    except MemeServeError:
+        raise
+    except Exception as exc:
+        mapped = ray_error(unwrap(exc))
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+class OurErrorsRoute(APIRoute):
+    """A FastAPI route whose Ray failures leave it as our errors, answered by our handler.
+
+    Serve registers its own handlers for ``BackPressureError`` and
+    ``DeploymentUnavailableError`` on the Ingress's FastAPI app when the replica starts
+    (a plain-text 503, with a ``Retry-After`` only if the full deployment's
+    ``backpressure_config`` sets one), and Starlette picks the handler registered for
+    the most specific class: without this, those two would never reach
+    :func:`error_response`. Every route of the app is of this class.
+    """
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        """The route's handler, run inside :func:`ray_errors_as_ours`."""
+        handler = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            with ray_errors_as_ours():
+                return await handler(request)
+
+        return handle
 
 
 def error_parts(
@@ -96,7 +160,7 @@ def error_parts(
     """
     request_id = request_id or current_request_id()
     exc = unwrap(exc)
-    exc = _from_ray(exc) or exc
+    exc = ray_error(exc) or exc
     headers: dict[str, str] = {}
     if isinstance(exc, MemeServeError):
         status, code, message = exc.status, exc.code, exc.message
@@ -139,7 +203,10 @@ def validation_message(errors: Any) -> str:
 
 
 def install_error_handlers(app: FastAPI) -> None:
-    """Register :func:`error_response` for every exception type FastAPI may see."""
+    """Register :func:`error_response` for every exception type FastAPI may see, and make
+    the routes added after this :class:`OurErrorsRoute` (an included ``APIRouter``
+    keeps its own ``route_class``: give it this one too)."""
+    app.router.route_class = OurErrorsRoute
 
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         return error_response(exc, getattr(request.state, "request_id", None))

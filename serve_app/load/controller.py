@@ -31,6 +31,7 @@ class _Report:
     at: float
     signals: dict[str, float]
     capacity: int
+    engine: dict[str, Any] | None = None
 
 
 class Controller:
@@ -44,6 +45,7 @@ class Controller:
         self._decision: Decision | None = None
         self._signals: dict[str, float] = {}
         self._admit: int | None = None
+        self._refused = 0.0
         self._state = LevelState.initial(self.config)
 
     def reconfigure(self, config: ControllerUserConfig) -> None:
@@ -67,12 +69,17 @@ class Controller:
         # Requests refused while shedding are demand too: counting them keeps the level
         # up while the overload lasts instead of hiding it behind the refusals.
         waiting = sum(
-            r.signals.get("graph_in_flight", 0.0) + r.signals.get("refused", 0.0) for r in ingress
+            r.signals.get("graph_in_flight", 0.0)
+            # As requests in flight where the ingress measured it (admission on): a count
+            # per report would weigh more or less with period_s.
+            + r.signals.get("refused_in_flight", r.signals.get("refused", 0.0))
+            for r in ingress
         )
         self._signals = aggregate_reports(
             [r.signals for r in vlm], graph_in_flight=int(waiting), pool_capacity=capacity
         )
         self._admit = max(1, capacity // max(1, len(ingress))) if capacity else None
+        self._refused = sum(r.signals.get("refused", 0.0) for r in ingress)
         decision = self._policy.step(LoadSample(at=now, signals=self._signals))
         self._decision = decision
         if decision.changed:
@@ -90,14 +97,45 @@ class Controller:
             changed_at=changed_at,
             admit=self._admit,
             draining=self.config.draining,
+            admission=(
+                self.config.admission
+                if self.config.enabled and self.config.admission.enabled
+                else None
+            ),
+            refused=self._refused,
         )
 
     def report(
-        self, source: str, kind: ReporterKind, signals: dict[str, float], capacity: int = 0
+        self,
+        source: str,
+        kind: ReporterKind,
+        signals: dict[str, float],
+        capacity: int = 0,
+        engine: dict[str, Any] | None = None,
     ) -> LevelState:
-        """Take one replica's raw signals; answer with the current level."""
-        self._reports[kind][source] = _Report(time.monotonic(), dict(signals), capacity)
+        """Take one replica's raw signals (and a VLM replica's engine figures, for
+        ``/v1/status``); answer with the current level."""
+        self._reports[kind][source] = _Report(time.monotonic(), dict(signals), capacity, engine)
         return self._state
+
+    def engine(self, now: float | None = None) -> dict[str, Any] | None:
+        """The engine figures of the VLM replica that reported last (fresh reports only),
+        with their age and how many replicas report; None when none has.
+
+        ``/v1/status`` reads them here rather than from the pool itself: a pool replica
+        holding ``max_ongoing_requests`` queues a status call behind the very work it
+        would report, so under load its answer would come late or not at all.
+        """
+        now = time.monotonic() if now is None else now
+        reports = [r for r in self._fresh("vlm", now) if r.engine is not None]
+        if not reports:
+            return None
+        latest = max(reports, key=lambda r: r.at)
+        return {
+            **(latest.engine or {}),
+            "reported_s_ago": round(now - latest.at, 3),
+            "replicas_reporting": len(reports),
+        }
 
     def state(self) -> LevelState:
         """The current level and its row (replicas cache it)."""
@@ -124,6 +162,7 @@ class Controller:
                 else ("on" if self.config.enabled else "off")
             ),
             "force_level": self.config.force_level,
+            "admission": "on" if self._state.admission is not None else "off",
             "draining": self.config.draining,
             "graph_in_flight": self._graph_in_flight(),
             "load": round(decision.load, 4) if decision else None,

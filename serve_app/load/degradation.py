@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from serve_app.config.models import ControllerUserConfig, LevelArgs
+from serve_app.config.models import AdmissionArgs, ControllerUserConfig, LevelArgs
 from serve_app.engines.base import EngineRequest
 from serve_app.errors import MemeServeError, ServiceUnavailable, TooManyRequests
 from serve_app.media.imaging import resize_to_budget
@@ -43,10 +43,17 @@ class LevelState:
     changed_at: float | None = None
     """``time.time()`` when the level was entered (None: since start)."""
     admit: int | None = None
-    """At a ``route: reject`` level: requests one ingress replica lets in at once (its
-    share of the pool's capacity); the rest are refused. None: capacity unknown."""
+    """Requests one ingress replica lets into the engine path at once: its share of the
+    pool's capacity. At a ``route: reject`` level the rest are refused; at any level it
+    caps the admission limit. None: capacity unknown."""
     draining: bool = False
     """The app is about to stop: no new request enters the engine path."""
+    admission: AdmissionArgs | None = None
+    """Admission by predicted wait in the ingresses (:mod:`serve_app.load.admission`);
+    None: off (the controller is off, or its ``admission.enabled`` is false)."""
+    refused: float = 0.0
+    """Requests the ingresses refused at a shedding level in their latest reports (about
+    one ``period_s``): demand the pool did not take in (the VLM pool's autoscaling reads it)."""
 
     @classmethod
     def initial(cls, config: ControllerUserConfig | None = None) -> LevelState:
@@ -95,41 +102,6 @@ def tighten(request: EngineRequest, row: LevelArgs, engine_cap: int) -> EngineRe
         level=row.level,
         route=row.route,
     )
-
-
-class Admission:
-    """Admission control of one ingress replica at a ``route: reject`` level.
-
-    Refusing everything at the top level would leave the pool idle and hide the
-    demand from the load signals (the level would drop, the queue rebuild, the level
-    rise again). Instead, requests are let in up to the replica's share of the pool's
-    capacity and only the excess is refused; the refusals are reported as demand.
-    """
-
-    def __init__(self) -> None:
-        self.inside = 0
-        self._refused = 0
-
-    def enter(self, state: LevelState) -> None:
-        """Take a place, or raise the level's refusal when it sheds and none is free."""
-        if state.draining:
-            raise ServiceUnavailable(
-                "the service is draining before it stops; retry shortly",
-                retry_after_s=DRAIN_RETRY_AFTER_S,
-            )
-        if state.row.route == "reject" and self.inside >= (state.admit or 1):
-            self._refused += 1
-            raise shed_error(state.row)
-        self.inside += 1
-
-    def leave(self) -> None:
-        """Give the place back."""
-        self.inside -= 1
-
-    def take_refused(self) -> int:
-        """Refusals since the last call (reported to the controller as waiting demand)."""
-        refused, self._refused = self._refused, 0
-        return refused
 
 
 class LevelFollower:

@@ -19,13 +19,15 @@ from typing import Any
 
 from serve_app.config.models import EngineArgs
 from serve_app.engines import Engine, EngineOutput, EngineRequest, create_engine
+from serve_app.load.autoscaling import replica_stats
 from serve_app.load.degradation import LevelFollower, LevelState, tighten
 from serve_app.load.signals import CpuSampler, GpuSampler, replica_signals
 
 logger = logging.getLogger(__name__)
 
-Reporter = Callable[[dict[str, float], int], Awaitable[LevelState]]
-"""Sends this replica's signals and capacity to the controller; answers the level."""
+Reporter = Callable[[dict[str, float], int, dict[str, Any]], Awaitable[LevelState]]
+"""Sends this replica's signals, capacity and engine figures (:meth:`EnginePool.snapshot`)
+to the controller; answers the level."""
 
 
 def request_facts(request: EngineRequest) -> dict[str, Any]:
@@ -79,7 +81,7 @@ class EnginePool:
             waiting=stats.waiting,
             kv_cache_usage=stats.kv_cache_usage,
         )
-        return await self._report_to(self._signals, self.capacity)
+        return await self._report_to(self._signals, self.capacity, self.snapshot())
 
     async def engine_for(self, request: EngineRequest) -> tuple[Engine, EngineRequest]:
         """The request at the level in force, and the engine its route names."""
@@ -126,9 +128,37 @@ class EnginePool:
             "analysed_size": (int(width), int(height)),
         }
 
+    def autoscaling_stats(self) -> dict[str, float]:
+        """This replica's figures for the VLM pool's autoscaling policy
+        (:mod:`serve_app.load.autoscaling`): requests held, capacity, the engine's queue and
+        KV cache, the level and refusals last heard from the controller."""
+        stats = self.engine.stats()
+        state = self.levels.state
+        return replica_stats(
+            ongoing=self.ongoing,
+            capacity=self.capacity,
+            waiting=stats.waiting,
+            kv_cache_usage=stats.kv_cache_usage,
+            level=state.level,
+            refused=state.refused,
+        )
+
     def info(self) -> dict[str, Any]:
-        """Engine kind, model, load figures and signals, for /readyz and /v1/status."""
+        """Engine kind, model, load figures and signals, for /readyz and /v1/status;
+        raises when the engine is unusable."""
         self.engine.check_health()
+        return self._figures()
+
+    def snapshot(self) -> dict[str, Any]:
+        """:meth:`info` that never raises: an unusable engine is ``ready: false`` with
+        the reason (what the replica reports to the controller every period)."""
+        try:
+            self.engine.check_health()
+        except Exception as exc:
+            return {**self._figures(), "ready": False, "error": str(exc)[:200]}
+        return self._figures()
+
+    def _figures(self) -> dict[str, Any]:
         stats = self.engine.stats()
         return {
             "kind": self.engine.name,
@@ -138,6 +168,7 @@ class EnginePool:
             "waiting": stats.waiting,
             "kv_cache_usage": stats.kv_cache_usage,
             "aborted": stats.aborted,
+            **({"details": stats.details} if stats.details else {}),
             "replica": self.source,
             "level": self.levels.state.level,
             "gpu": self._gpu_state,

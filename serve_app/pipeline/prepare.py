@@ -18,7 +18,7 @@ from serve_app.engines.base import EngineRequest
 from serve_app.errors import ClientError
 from serve_app.library.store import StoreKey, scope_of
 from serve_app.load.degradation import image_budget
-from serve_app.media.fingerprint import Fingerprinter
+from serve_app.media.fingerprint import Fingerprint, Fingerprinter
 from serve_app.media.imaging import (
     DecodedImage,
     Limits,
@@ -58,6 +58,8 @@ class Prepared:
     explanation_max_chars: int
     marks: Marks = field(default_factory=Marks)
     """The image's list entries and review (scenes), from the same lookup."""
+    epoch: str | None = None
+    """The store's epoch when it looked the image up (its marks are valid at it)."""
 
     def structure_context(self, request_id: str) -> StructureContext:
         """What the Structurer needs besides the model's text, for this request."""
@@ -101,6 +103,13 @@ class CacheHit:
     distance: int = 0
     marks: Marks = field(default_factory=Marks)
     """The image's list entries and review (scenes), from the same lookup."""
+    unseen: bytes | None = None
+    """The image's fingerprint when the store has not seen this request (a hot answer
+    from the Ingress's copy): the decision record carries it to the store."""
+    fingerprint: Fingerprint | None = None
+    """The fingerprint the hit is kept under, and the store's epoch at the lookup (the
+    Ingress keeps the answer for resent bytes only at the epoch it heard)."""
+    epoch: str | None = None
 
 
 def limits_from(args: AppArgs) -> Limits:

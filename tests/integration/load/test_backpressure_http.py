@@ -11,36 +11,24 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from loadtest.corpus import MemeSpec, meme_bytes
-from loadtest.fault_drill import drill_document
-from tests.support.app import start_declarative
-from tests.support.paths import ROOT
+from tests.support.app import start_declarative, tiny_queue_document
 
 BURST = 12
 
 
-def _document() -> dict[str, Any]:
-    profile = yaml.safe_load((ROOT / "autoscale_configs/dev-cpu.yaml").read_text("utf-8"))
-    for key in ("http_options", "proxy_location", "logging_config"):
-        profile.pop(key, None)  # the in-process Serve instance has its own
-    document = drill_document(profile, request_timeout_s=30, delay_ms=1500, replicas=1)
-    for deployment in document["applications"][0]["deployments"]:
-        if deployment["name"] == "Ingress":
-            deployment.update(max_ongoing_requests=3, max_queued_requests=1)
-        if deployment["name"] == "VLMPool":
-            deployment.update(max_ongoing_requests=1, max_queued_requests=1)
-    return document
-
-
 @pytest.fixture(scope="module")
 def base_url() -> Iterator[str]:
-    yield from start_declarative(_document())
+    yield from start_declarative(
+        tiny_queue_document(
+            {"max_ongoing_requests": 3, "max_queued_requests": 1},
+            {"max_ongoing_requests": 1, "max_queued_requests": 1},
+        )
+    )
 
 
 def test_a_burst_over_tiny_queues_gets_json_refusals_with_retry_after(base_url: str) -> None:

@@ -8,8 +8,13 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from serve_app.config.check import check_file
-from serve_app.config.models import AppArgs, ControllerUserConfig, StructurerUserConfig
+from serve_app.config.check import REPLICA_LOOP_ENV, check_file
+from serve_app.config.models import (
+    VLM_POOL_AUTOSCALING_POLICY,
+    AppArgs,
+    ControllerUserConfig,
+    StructurerUserConfig,
+)
 from serve_app.ops.cli import main
 from tests.support.paths import ROOT
 
@@ -83,6 +88,17 @@ def test_shipped_profiles_are_valid(path: Path) -> None:
     assert check_file(path) == []
 
 
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_shipped_profiles_run_replica_code_on_the_replicas_loop(path: Path) -> None:
+    """Every shipped profile gives its replicas the Serve settings the tests run under."""
+    document = yaml.safe_load(path.read_text("utf-8"))
+    if document.get("kind") == "RayService":
+        document = yaml.safe_load(document["spec"]["serveConfigV2"])
+    for application in document["applications"]:
+        env_vars = (application.get("runtime_env") or {}).get("env_vars") or {}
+        assert REPLICA_LOOP_ENV.items() <= env_vars.items(), path.name
+
+
 def _write(tmp_path: Path, document: object) -> Path:
     path = tmp_path / "profile.yaml"
     path.write_text(yaml.safe_dump(document, allow_unicode=True), "utf-8")
@@ -131,6 +147,17 @@ def _dev_cpu() -> dict:  # type: ignore[type-arg]
         (
             lambda d: d["applications"][0].update(import_path="other.app:build"),
             "applications[0].import_path",
+        ),
+        (
+            lambda d: d["applications"][0]["deployments"][5]["user_config"]["admission"].update(
+                tolerance=0.5
+            ),
+            "applications[0].deployments[5].user_config.admission.tolerance",
+        ),
+        (
+            # The proxy's refusal of a full Ingress queue would carry no Retry-After.
+            lambda d: d["applications"][0]["deployments"][0].pop("backpressure_config"),
+            "applications[0].deployments[0].backpressure_config.retry_after_s",
         ),
         (
             lambda d: d["applications"][0]["deployments"][2].update(num_replicas="many"),
@@ -212,6 +239,62 @@ def test_the_shipped_profiles_use_only_known_ray_keys() -> None:
         if document.get("kind") == "RayService":
             document = yaml.safe_load(document["spec"]["serveConfigV2"])
         assert unknown_keys(ServeDeploySchema, document) == [], path
+
+
+def _with_policy(document: dict, name: str, policy: dict) -> dict:  # type: ignore[type-arg]
+    deployments = document["applications"][0]["deployments"]
+    deployment = next(d for d in deployments if d["name"] == name)
+    deployment.setdefault("autoscaling_config", {"min_replicas": 1, "max_replicas": 2})
+    deployment["autoscaling_config"]["policy"] = policy
+    return document
+
+
+@pytest.mark.parametrize(
+    ("name", "policy", "where", "reason"),
+    [
+        (
+            "VLMPool",
+            {
+                "policy_function": VLM_POOL_AUTOSCALING_POLICY,
+                "policy_kwargs": {"waiting_per_replicas": 1},
+            },
+            ".autoscaling_config.policy.policy_kwargs.waiting_per_replicas",
+            "Extra inputs are not permitted",
+        ),
+        (
+            "VLMPool",
+            {"policy_function": VLM_POOL_AUTOSCALING_POLICY, "policy_kwargs": {"pressure_step": 0}},
+            ".autoscaling_config.policy.policy_kwargs.pressure_step",
+            "greater than or equal to 1",
+        ),
+        (
+            "Preprocessor",
+            {"policy_function": VLM_POOL_AUTOSCALING_POLICY},
+            ".autoscaling_config.policy.policy_function",
+            "only VLMPool can use it",
+        ),
+        (
+            "VLMPool",
+            {"policy_function": "serve_app.load.autoscaling:NoSuchPolicy"},
+            ".autoscaling_config.policy.policy_function",
+            "cannot import",
+        ),
+    ],
+    ids=["misspelt-knob", "bad-value", "wrong-deployment", "unimportable"],
+)
+def test_a_custom_autoscaling_policy_is_checked(
+    tmp_path: Path,
+    name: str,
+    policy: dict,
+    where: str,
+    reason: str,  # type: ignore[type-arg]
+) -> None:
+    document = _with_policy(_dev_cpu(), name, policy)
+    problems = check_file(_write(tmp_path, document))
+    assert any(p.path.endswith(where) and reason in p.reason for p in problems), problems
+    # The shipped knobs pass.
+    ours = {"policy_function": VLM_POOL_AUTOSCALING_POLICY, "policy_kwargs": {"scale_up_level": 3}}
+    assert check_file(_write(tmp_path, _with_policy(_dev_cpu(), "VLMPool", ours))) == []
 
 
 @pytest.mark.parametrize(

@@ -154,6 +154,32 @@ def test_the_delay_is_cancellable_and_counts_in_flight() -> None:
     assert inner.calls == [] and engine.stats().in_flight == 7
 
 
+def test_slots_queue_the_delay_and_report_the_queue_as_waiting() -> None:
+    # A simulated engine that serves one request at a time (the autoscaling bench's).
+    engine, inner = _wrapped(delay_ms=600_000, slots=1)
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(engine.generate(_request(f"r{n}"))) for n in range(3)]
+        while engine.stats().waiting != 3 + 2:  # the inner engine's 3, two for a slot
+            await asyncio.sleep(0)
+        assert engine.stats().in_flight == 7 + 1
+        tasks[0].cancel()  # the one in the slot leaves: the next one takes it
+        while engine.stats().waiting != 3 + 1:
+            await asyncio.sleep(0)
+        assert engine.stats().in_flight == 7 + 1
+        tasks[2].cancel()  # a waiting one leaves the queue
+        while engine.stats().waiting != 3:
+            await asyncio.sleep(0)
+        tasks[1].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(scenario())
+    assert inner.calls == [] and engine.stats() == inner.stats()
+    # Without slots the delay holds every request at once and the queue is the engine's.
+    free, _ = _wrapped(delay_ms=1)
+    assert free.stats().waiting == 3
+
+
 def test_stream_fails_before_any_delta_or_delegates() -> None:
     async def collect(engine: FaultInjectingEngine) -> list[str]:
         return [delta async for delta in engine.stream(_request())]
@@ -238,7 +264,7 @@ def test_fault_config_is_strict_and_described() -> None:
     (error,) = info.value.errors()
     assert error["loc"] == ("engine", "faults", "eror_rate")
     assert error["type"] == "extra_forbidden"
-    for bad in ({"error_rate": 1.5}, {"error_rate": -0.1}, {"delay_ms": -1}):
+    for bad in ({"error_rate": 1.5}, {"error_rate": -0.1}, {"delay_ms": -1}, {"slots": 0}):
         with pytest.raises(ValidationError):
             FaultArgs.model_validate(bad)
     parsed = AppArgs.model_validate({"engine": {"faults": {"error_rate": 1, "delay_ms": 300}}})

@@ -11,7 +11,6 @@ from serve_app.config.models import ControllerUserConfig, LevelArgs
 from serve_app.engines.base import EngineRequest
 from serve_app.errors import ServiceUnavailable, TooManyRequests
 from serve_app.load.degradation import (
-    Admission,
     LevelFollower,
     LevelState,
     image_budget,
@@ -153,42 +152,3 @@ def test_the_follower_refreshes_in_the_background_until_stopped() -> None:
         assert calls == seen  # no refresh after stop
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
-
-
-def test_admission_lets_in_up_to_capacity_and_counts_the_refusals() -> None:
-    shedding = TABLE.level(3).model_copy(update={"route": "reject", "retry_after_s": 3})
-    state = LevelState(level=3, row=shedding, period_s=0.5, admit=2)
-    admission = Admission()
-    admission.enter(state)
-    admission.enter(state)
-    for _ in range(3):
-        with pytest.raises(ServiceUnavailable) as refused:
-            admission.enter(state)
-        assert refused.value.retry_after_s == 3
-    assert admission.inside == 2 and admission.take_refused() == 3
-    assert admission.take_refused() == 0  # counted once
-    admission.leave()
-    admission.enter(state)  # a freed place is taken again
-    # Below the shedding level nothing is refused, whatever is inside.
-    normal = LevelState(level=2, row=TABLE.level(2), period_s=0.5, admit=2)
-    admission.enter(normal)
-    assert admission.inside == 3 and admission.take_refused() == 0
-
-
-def test_admission_without_a_known_capacity_lets_one_in() -> None:
-    shedding = TABLE.level(3).model_copy(update={"route": "reject"})
-    state = LevelState(level=3, row=shedding, period_s=0.5, admit=None)
-    admission = Admission()
-    admission.enter(state)
-    with pytest.raises(ServiceUnavailable):
-        admission.enter(state)
-
-
-def test_draining_refuses_every_new_request_but_not_as_demand() -> None:
-    draining = LevelState(level=0, row=TABLE.level(0), period_s=0.5, draining=True)
-    admission = Admission()
-    with pytest.raises(ServiceUnavailable, match="draining") as refused:
-        admission.enter(draining)
-    assert refused.value.retry_after_s == 5
-    # A stop is not load: the refusal must not push the degradation level up.
-    assert admission.inside == 0 and admission.take_refused() == 0

@@ -9,9 +9,13 @@ import pytest
 
 from loadtest.bench_overload import (
     compress_timeline,
+    controller_rise_s,
     format_timeline,
+    goal_lines,
+    level_rise_s,
     level_shares,
     outcome_key,
+    p95_ratio,
     phase_document,
     recovery_s,
     render,
@@ -200,3 +204,48 @@ def test_render_smoke() -> None:
     }
     text = render(results)
     assert "controller on" in text and "503" in text and "t=0.0s L0" in text
+
+
+def test_refusals_are_counted_by_retry_after_and_json_body() -> None:
+    """Issue 17: a refusal must carry both Retry-After and our JSON error body."""
+    outcomes = [
+        Outcome(0.1, 5.0, 503, retry_after=True, error_code="unavailable"),
+        Outcome(0.2, 5.0, 503, retry_after=False),  # Serve's plain text
+        Outcome(0.3, 5.0, 503, retry_after=True),  # Retry-After but a text body
+        Outcome(0.4, 5.0, 429, retry_after=True, error_code="too_many_requests"),
+    ]
+    summary = summarise_phase(outcomes, duration_s=1.0)
+    assert summary["shed"] == 4 and summary["shed_with_retry_after_and_json"] == 2
+    assert summary["shed_without_json"] == 2 and summary["shed_without_retry_after"] == 1
+    summary["phase"] = "off"
+    assert goal_lines([summary]) == [
+        "  goal (off): refusals with Retry-After and the JSON body: 2 of 4 (NOT met)"
+    ]
+
+
+def test_the_p95_goal_is_the_ratio_to_the_unloaded_p95_and_the_rise_is_timed() -> None:
+    phase = {
+        "phase": "on",
+        "latency_ok_ms": {"p95": 900.0},
+        "unloaded_ms": {"p95": 500.0},
+        "shed": 0,
+        "shed_with_retry_after_and_json": 0,
+    }
+    assert p95_ratio(phase) == 1.8
+    assert p95_ratio({"latency_ok_ms": {"p95": 1.0}}) is None
+    assert goal_lines([phase])[0].endswith("1.80x (met)")
+    samples = [_sample(-0.5, 1), _sample(0.2, 0), _sample(0.7, 0), _sample(1.2, 2)]
+    assert level_rise_s(samples) == 1.2
+    assert level_rise_s(samples[:3]) is None
+
+
+def test_the_controllers_own_clock_times_the_rise() -> None:
+    transitions = [
+        {"at": 95.0, "from": 0, "to": 2},  # before the arrivals: a warm-up's
+        {"at": 99.0, "from": 2, "to": 0},
+        {"at": 100.8, "from": 0, "to": 1},
+        {"at": 101.3, "from": 1, "to": 3},
+    ]
+    assert controller_rise_s(transitions, start_wall=100.0) == 0.8
+    assert controller_rise_s(transitions[:2], start_wall=100.0) is None
+    assert controller_rise_s([], start_wall=1.0) is None
