@@ -126,11 +126,18 @@ def check_stream(events: list[tuple[str, Any]]) -> str | None:
     A final ``error`` event whose status is 429/503 is reported as shedding.
     """
     names = [name for name, _ in events]
-    if len(names) < 3 or names[0] != "accepted" or names[1] != "cache":
+    if len(names) < 2 or names[0] != "accepted":
         return f"stream: bad event order {names[:6]}"
-    if any(name != "delta" for name in names[2:-1]):
-        return f"stream: unexpected events {names[2:-1][:6]}"
     last, data = events[-1]
+    # An error may end the stream at any point after `accepted`: admission refuses before
+    # the cache lookup (accepted, error), an engine failure after deltas.
+    middle = names[1:-1]
+    if last != "error" and (len(names) < 3 or names[1] != "cache"):
+        return f"stream: bad event order {names[:6]}"
+    if middle and middle[0] != "cache":
+        return f"stream: bad event order {names[:6]}"
+    if any(name != "delta" for name in middle[1:]):
+        return f"stream: unexpected events {middle[1:][:6]}"
     if last == "error":
         status = data.get("status") if isinstance(data, dict) else None
         if status in SHED_STATUSES:

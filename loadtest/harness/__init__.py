@@ -4,6 +4,8 @@
   Ray's processes, signalling and waiting for a set of processes to be gone;
 * :mod:`loadtest.harness.service` — start a profile with ``memeserve run`` on a free
   port, wait for ``/readyz``, stop it (SIGINT, then escalation) leaving nothing behind;
+* :mod:`loadtest.harness.inprocess` — a profile in this process's own Ray instance, with
+  no dashboard (nothing else on the machine can deploy onto it), shut down after;
 * :mod:`loadtest.harness.http` — the routes, shared httpx clients, posting a meme;
 * :mod:`loadtest.harness.status` — reading and polling ``/v1/status``, replica counts;
 * :mod:`loadtest.harness.load` — open-loop (Poisson) and closed-loop request drivers;

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -113,6 +114,36 @@ async def closed_loop(url: str, images: list[bytes], concurrency: int, seconds: 
     return successes / (time.monotonic() - started)
 
 
+@contextlib.asynccontextmanager
+async def send_on_schedule(
+    url: str,
+    images: list[bytes],
+    outcomes: list[Outcome],
+    t0: float,
+    shards: int = CLIENT_SHARDS,
+) -> AsyncIterator[list[asyncio.Task[None]]]:
+    """Send ``images[i]`` at ``t0 + outcomes[i].sent_s`` (``time.perf_counter``), each
+    answer into its outcome, whatever the service answers, over ``shards`` clients;
+    yields the request tasks once every one is sent. The clients stay open until the
+    block ends."""
+    async with contextlib.AsyncExitStack() as stack:
+        # Several small pools: httpx scans its whole pool per request, and an overloaded
+        # service holds hundreds of connections open at once.
+        clients = [
+            await stack.enter_async_context(async_client(url, CLIENT_TIMEOUT_S))
+            for _ in range(shards)
+        ]
+        tasks: list[asyncio.Task[None]] = []
+        for number, (data, outcome) in enumerate(zip(images, outcomes, strict=True)):
+            delay = t0 + outcome.sent_s - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            outcome.send_lag_ms = round(max(0.0, -delay) * 1000.0, 1)
+            client = clients[number % shards]
+            tasks.append(asyncio.create_task(send_one(client, data, outcome)))
+        yield tasks
+
+
 async def open_loop(
     url: str, images: list[bytes], schedule: list[float], duration_s: float
 ) -> dict[str, Any]:
@@ -126,22 +157,7 @@ async def open_loop(
     stop = asyncio.Event()
     t0 = time.perf_counter()
     poller = asyncio.create_task(poll_status(url, t0, samples, stop))
-    tasks: list[asyncio.Task[None]] = []
-    async with contextlib.AsyncExitStack() as stack:
-        # Several small pools: httpx scans its whole pool per request, and an overloaded
-        # service holds hundreds of connections open at once.
-        clients = [
-            await stack.enter_async_context(async_client(url, CLIENT_TIMEOUT_S))
-            for _ in range(CLIENT_SHARDS)
-        ]
-        arrivals = enumerate(zip(schedule, images, outcomes, strict=True))
-        for number, (offset, data, outcome) in arrivals:
-            delay = t0 + offset - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            outcome.send_lag_ms = round(max(0.0, -delay) * 1000.0, 1)
-            client = clients[number % CLIENT_SHARDS]
-            tasks.append(asyncio.create_task(send_one(client, data, outcome)))
+    async with send_on_schedule(url, images, outcomes, t0) as tasks:
         await asyncio.sleep(max(0.0, t0 + duration_s - time.perf_counter()))
         arrivals_end = time.perf_counter() - t0
         pending: set[asyncio.Task[None]] = set()

@@ -21,7 +21,6 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ import httpx
 import yaml
 
 from loadtest.harness.http import READYZ
+from loadtest.harness.ports import free_port
 from loadtest.harness.processes import (
     Processes,
     descendants,
@@ -55,10 +55,18 @@ STRAY_SIGNAL_WAIT_S = 5.0
 LOG_TAIL_CHARS = 3000
 # Lines of `serve run`'s log that mean the application will never become ready.
 DEPLOY_FAILURE = re.compile(r"Exception importing application|Deploying app '[^']*' failed")
+# Serve's proxy could not listen on the HTTP port: something took it after it was chosen.
+PORT_TAKEN = re.compile(r"Failed to bind to address '[^']*'")
+PORT_TRIES = 3
 
 
 class ServiceStartError(RuntimeError):
     """The service did not become ready; the message carries the tail of its log."""
+
+    def __init__(self, message: str, *, port_taken: bool = False) -> None:
+        super().__init__(message)
+        self.port_taken = port_taken
+        """Serve's proxy could not bind the HTTP port (its log says so)."""
 
 
 @dataclass
@@ -98,13 +106,6 @@ class StopReport:
             "strays_killed": list(self.strays_killed),
             "ray_stop_force": self.ray_stop_force,
         }
-
-
-def free_port() -> int:
-    """A TCP port free on the loopback interface right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def load_profile(config: Path) -> dict[str, Any]:
@@ -150,13 +151,32 @@ def start_service(
     Returns once ``/readyz`` answers 200. ``nice`` lowers the priority of the whole
     service (Ray inherits it), so that on a small machine the load generator still sends
     on time. Raises :class:`ServiceStartError` (after stopping what it started) when the
-    service exits, fails to deploy or is not ready within ``timeout_s``.
+    service exits, fails to deploy or is not ready within ``timeout_s``. A port this
+    function chose itself and that something else took before Serve's proxy bound it is
+    replaced by another one, up to :data:`PORT_TRIES` times; a port the caller named is not.
     """
     document = service_document(config, port=port, fresh_library=fresh_library)
+    for attempt in range(1, PORT_TRIES + 1):
+        try:
+            return _start_once(document, name=name, nice=nice, timeout_s=timeout_s)
+        except ServiceStartError as exc:
+            if port is not None or attempt == PORT_TRIES or not exc.port_taken:
+                raise
+            taken = document["http_options"]["port"]
+            document["http_options"]["port"] = free_port()
+            logger.warning(
+                "port %d was taken before the proxy bound it; starting again on %d",
+                taken,
+                document["http_options"]["port"],
+            )
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _start_once(document: Mapping[str, Any], *, name: str, nice: int, timeout_s: float) -> Service:
     with tempfile.NamedTemporaryFile(
         "w", prefix=f"{name}_", suffix=".yaml", delete=False
     ) as handle:
-        yaml.safe_dump(document, handle, allow_unicode=True, sort_keys=False)
+        yaml.safe_dump(dict(document), handle, allow_unicode=True, sort_keys=False)
     config_path = Path(handle.name)
     log_path = config_path.with_suffix(".log")
     url = f"http://127.0.0.1:{document['http_options']['port']}"
@@ -183,8 +203,11 @@ def start_service(
         logger.info("%s ready in %.1f s", url, service.ready_s)
         return service
     stop_service(service)
-    tail = log_path.read_text("utf-8", "replace")[-LOG_TAIL_CHARS:]
-    raise ServiceStartError(f"{problem} (log {log_path}); log tail:\n{tail}")
+    text = log_path.read_text("utf-8", "replace")
+    raise ServiceStartError(
+        f"{problem} (log {log_path}); log tail:\n{text[-LOG_TAIL_CHARS:]}",
+        port_taken=PORT_TAKEN.search(text) is not None,
+    )
 
 
 def wait_ready(service: Service, timeout_s: float = START_TIMEOUT_S) -> str | None:

@@ -14,10 +14,11 @@ from fastapi.responses import JSONResponse
 from serve_app.errors import SchemaError
 from serve_app.http.body import parse_json_input
 from serve_app.http.current import current
+from serve_app.http.errors import OurErrorsRoute
 from serve_app.http.openapi import ERROR_RESPONSES, json_body
 from serve_app.http.wire import JobRequest
 
-router = APIRouter()
+router = APIRouter(route_class=OurErrorsRoute)
 
 _RESULTS_PAGE = 1000
 

@@ -6,7 +6,9 @@ and this replica keeps an Aho–Corasick matcher over them, refetched only when 
 version changes (polled every ``scenes.sync_period_s``, and at once after this replica
 wrote). Every answer — fresh, cached, or answered without the engine — passes through
 :meth:`Scenes.judge`, which applies :func:`serve_app.scenes.decide.decide` and records the
-decision with the FingerprintStore for the moderators' page.
+decision with the FingerprintStore for the moderators' page — gathered in a
+:class:`DecisionOutbox` and sent every ``scenes.decisions_flush_s`` in one call, not one
+call per request.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from serve_app.config.models import DEFAULT_POLICY, IngressUserConfig, PolicyArgs, ScenesArgs
@@ -29,19 +32,125 @@ from serve_app.understanding.terms import TermEntry, TermMatcher
 
 logger = logging.getLogger(__name__)
 
+OUTBOX_FULL = 512
+"""Decisions gathered before the outbox sends at once rather than at its next period."""
+OUTBOX_HELD = 8192
+"""Decisions held while the store does not take them; older ones are dropped (counted)."""
+FINAL_FLUSH_S = 5.0
+
+Decision = tuple[str, dict[str, Any], bytes | None]
+"""``(request_id, summary, seen)`` as :meth:`FingerprintStore.record_decisions` takes them."""
+
+
+class DecisionOutbox:
+    """The decisions of one Ingress replica on their way to the FingerprintStore.
+
+    :meth:`add` never waits. A task on the replica's loop sends what has gathered every
+    ``period_s`` (at once when :data:`OUTBOX_FULL` have gathered) in one
+    ``record_decisions`` call; :meth:`flush` sends now (reads that must see this
+    replica's decisions call it first). When the store does not take a batch, it is
+    kept for the next try; beyond :data:`OUTBOX_HELD` the oldest are dropped and counted
+    (the decisions table is for moderators, never on an answer's path).
+    """
+
+    def __init__(self, store: Any, period_s: float) -> None:
+        self._store = store
+        self.period_s = period_s
+        self._pending: list[Decision] = []
+        self._task: asyncio.Task[None] | None = None
+        self._lock: asyncio.Lock | None = None
+        self._full: asyncio.Event | None = None
+        self.sent = 0
+        self.batches = 0
+        self.dropped = 0
+
+    def add(self, decision: Decision) -> None:
+        """Queue one decision (on the replica's loop); starts the sending task once."""
+        self._pending.append(decision)
+        if self._task is None:
+            self._full = asyncio.Event()
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        if len(self._pending) >= OUTBOX_FULL and self._full is not None:
+            self._full.set()
+
+    async def _run(self) -> None:
+        assert self._full is not None
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self.period_s)
+            self._full.clear()
+            try:
+                await self.flush()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # kept for the next period (see flush)
+                logger.warning(
+                    "%d decisions not recorded yet: %s", len(self._pending), str(exc)[:200]
+                )
+
+    async def flush(self) -> None:
+        """Send what has gathered, in order; raises (keeping the batch) if the store fails."""
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        async with self._lock:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            try:
+                await self._store.record_decisions.remote(batch)
+            except BaseException:
+                self._pending[:0] = batch
+                excess = len(self._pending) - OUTBOX_HELD
+                if excess > 0:
+                    del self._pending[:excess]
+                    self.dropped += excess
+                raise
+            self.sent += len(batch)
+            self.batches += 1
+
+    async def stop(self) -> None:
+        """Stop the task and send what is left (replica shutdown; best effort)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            await asyncio.wait_for(self.flush(), FINAL_FLUSH_S)
+        except Exception as exc:
+            logger.warning("%d decisions lost at shutdown: %s", len(self._pending), exc)
+
+    def figures(self) -> dict[str, int]:
+        """For /v1/status: decisions waiting, sent, in how many calls, dropped."""
+        return {
+            "pending": len(self._pending),
+            "sent": self.sent,
+            "batches": self.batches,
+            "dropped": self.dropped,
+        }
+
 
 class Scenes:
     """Policies and term lists of one Ingress replica."""
 
-    def __init__(self, args: ScenesArgs, store: Any, preprocessor: Any) -> None:
+    def __init__(
+        self,
+        args: ScenesArgs,
+        store: Any,
+        preprocessor: Any,
+        on_write: Callable[[], None] = lambda: None,
+    ) -> None:
+        """``on_write`` runs after every list or review write made through this replica
+        (the Ingress empties its hot answers: its next request sees the write)."""
         self.args = args
         self._store = store
         self._preprocessor = preprocessor
+        self._on_write = on_write
         self.config = IngressUserConfig()
         self._matcher = TermMatcher(())
         self._terms_version = 0
         self._follow_task: asyncio.Task[None] | None = None
         self._refresh_lock: asyncio.Lock | None = None
+        self.outbox = DecisionOutbox(store, args.decisions_flush_s)
 
     # -- policies -------------------------------------------------------------------------
 
@@ -109,11 +218,12 @@ class Scenes:
             logger.info("term lists at version %d: %d terms", version, len(entries))
 
     async def stop(self) -> None:
-        """Stop following (replica shutdown)."""
+        """Stop following, and send the decisions gathered (replica shutdown)."""
         if self._follow_task is not None:
             self._follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follow_task
+        await self.outbox.stop()
 
     # -- the decision ---------------------------------------------------------------------
 
@@ -146,19 +256,27 @@ class Scenes:
         text: str | None,
         marks: Marks,
         request_id: str,
+        *,
+        seen: bytes | None = None,
     ) -> dict[str, Any]:
-        """``result`` decided by ``policy``, and the decision recorded for reviewers."""
+        """``result`` decided by ``policy``, and the decision recorded for reviewers
+        (``seen``: the image's fingerprint, when the store did not see this request)."""
         name, args = policy
         terms = self._matcher.find(
             {"ocr": result.get("evidence", {}).get("ocr_text", []), "context": [text or ""]}
         )
         judged = decide(result, name, args, term_hits=terms, marks=marks)
         if self.args.enabled:
-            self._record(judged, args, text, request_id)
+            self._record(judged, args, text, request_id, seen)
         return judged
 
     def _record(
-        self, judged: dict[str, Any], policy: PolicyArgs, text: str | None, request_id: str
+        self,
+        judged: dict[str, Any],
+        policy: PolicyArgs,
+        text: str | None,
+        request_id: str,
+        seen: bytes | None,
     ) -> None:
         risk = judged["risk"]
         summary = {
@@ -173,8 +291,8 @@ class Scenes:
             "ocr_text": judged["evidence"]["ocr_text"],
             "text": text,
         }
-        # Not awaited: the answer does not wait for the moderators' table.
-        self._store.record_decision.remote(request_id, summary)
+        # The answer does not wait for the moderators' table.
+        self.outbox.add((request_id, summary, seen))
 
     # -- the admin routes -----------------------------------------------------------------
 
@@ -185,7 +303,10 @@ class Scenes:
     async def write(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:
         """Log one scenes event through the FingerprintStore (422 when the body is invalid)."""
         self._require()
-        answer: dict[str, Any] = await self._store.scenes_write.remote(kind, body)
+        try:
+            answer: dict[str, Any] = await self._store.scenes_write.remote(kind, body)
+        finally:
+            self._on_write()
         if "error" in answer:
             raise SchemaError(answer["error"])
         if kind.startswith("terms."):
@@ -255,9 +376,16 @@ class Scenes:
         **target: Any,
     ) -> dict[str, Any]:
         self._require()
-        answer: dict[str, Any] = await self._store.review.remote(
-            labels=labels.model_dump(), reviewer=reviewer, key=key, note=note, **target
-        )
+        await self.outbox.flush()  # a decision this replica made is there to review
+        try:
+            review = {"labels": labels.model_dump(), "reviewer": reviewer, "key": key, "note": note}
+            answer: dict[str, Any] = await self._store.review.remote(**review, **target)
+            if answer.get("status") == 404 and target.get("request_id") is not None:
+                # Decided by another Ingress replica: its outbox sends within its period.
+                await asyncio.sleep(2 * self.outbox.period_s)
+                answer = await self._store.review.remote(**review, **target)
+        finally:
+            self._on_write()
         if answer.get("status") == 404:
             raise NotFound(answer["error"])
         if "error" in answer:
@@ -272,5 +400,6 @@ class Scenes:
     async def decisions(self, limit: int, actions: list[str] | None) -> list[dict[str, Any]]:
         """Recent decisions for the moderators, newest first."""
         self._require()
+        await self.outbox.flush()
         found: list[dict[str, Any]] = await self._store.decisions.remote(limit, actions)
         return found

@@ -16,6 +16,7 @@ from fastapi.responses import JSONResponse
 from serve_app.errors import SchemaError
 from serve_app.http.body import parse_image_input, parse_json_input
 from serve_app.http.current import current
+from serve_app.http.errors import OurErrorsRoute
 from serve_app.http.openapi import ERROR_RESPONSES, image_body, json_body
 from serve_app.http.wire import (
     AcceptRequest,
@@ -29,7 +30,7 @@ from serve_app.http.wire import (
 )
 from serve_app.scenes.events import LIST_NAME_PATTERN
 
-router = APIRouter()
+router = APIRouter(route_class=OurErrorsRoute)
 
 _JSON_LIMIT = 4 * 1024 * 1024
 """Bytes of a JSON admin body (10^4 terms of up to 100 characters fit)."""

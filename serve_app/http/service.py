@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,20 +23,23 @@ from serve_app.config.models import AppArgs
 from serve_app.engines.base import EngineOutput
 from serve_app.errors import DeadlineExceeded, SchemaError, ServiceUnavailable
 from serve_app.http.body import decode_base64_image
-from serve_app.http.errors import error_parts
+from serve_app.http.errors import error_parts, ray_errors_as_ours
 from serve_app.http.jobs import Jobs
 from serve_app.http.scenes import Scenes
 from serve_app.http.sse import ExplanationTap, sse
 from serve_app.http.wire import BatchItem, BatchRequest
-from serve_app.library.store import StoreKey, upload_key
-from serve_app.load.degradation import Admission, LevelFollower, LevelState
+from serve_app.library.hot import HotAnswers
+from serve_app.library.store import LibraryHit, StoreKey, upload_key
+from serve_app.load.degradation import LevelFollower, LevelState
+from serve_app.load.gate import AdmissionGate, Ticket
 from serve_app.media.imaging import probe_image
-from serve_app.observability.metrics import observe_stages
+from serve_app.observability.metrics import count_cache_lookup, observe_stages
 from serve_app.observability.tracing import annotate, stage
 from serve_app.pipeline.prepare import CacheHit, Prepared, Refused, limits_from, request_scope
 from serve_app.scenes.lookup import Looked
 from serve_app.scenes.state import Marks
 from serve_app.understanding.context_text import check_context_length
+from serve_app.understanding.structuring import StructuredAnswer
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +62,7 @@ def from_cache(hit: CacheHit) -> dict[str, Any]:
         "total": 0.0,
     }
     meta["degradation_level"] = hit.level
+    meta["usage"] = None  # the stored answer's tokens were spent by another request
     result["meta"] = meta
     return result
 
@@ -128,12 +134,18 @@ def cancelled_with_caller() -> Iterator[Calls]:
         raise
 
 
+STATUS_WAIT_S = 5.0
+"""How long ``/v1/status`` and ``/readyz`` wait for one deployment's answer."""
+ENGINE_ASK_S = 1.0
+"""How long they wait for a VLM pool replica itself before reading its last report."""
+
+
 async def answer_or_error(call: Any, fallback: dict[str, Any]) -> dict[str, Any]:
     """A deployment's status answer, or ``fallback`` plus the error (status never fails)."""
     try:
-        answer: dict[str, Any] = await asyncio.wait_for(call, 5.0)
+        answer: dict[str, Any] = await asyncio.wait_for(call, STATUS_WAIT_S)
     except Exception as exc:
-        return {**fallback, "error": str(exc)[:200]}
+        return {**fallback, "error": str(exc)[:200] or type(exc).__name__}
     return answer
 
 
@@ -161,11 +173,21 @@ class IngressService:
         self._source = source
         self._replicas = replicas
         self.in_flight = 0
-        self._admission = Admission()
+        self._admission = AdmissionGate()
         # Reports the requests inside the graph to the LoadController (its queue signal).
         self._levels = LevelFollower(self._report_load)
         self.body_limit = int(args.limits.max_bytes * _BODY_OVERHEAD_RATIO + _BODY_OVERHEAD_BYTES)
-        self.scenes = Scenes(args.scenes, store, preprocessor)
+        # Answers for resent bytes kept here: a viral repeat needs no hop to the store.
+        self._hot: HotAnswers[Looked] = HotAnswers(
+            args.cache.hot_entries if args.cache.enabled else 0,
+            ttl_s=args.cache.hot_ttl_s,
+            stale_after_s=max(1.0, 4 * args.cache.hot_sync_s),
+        )
+        self._hot_task: asyncio.Task[None] | None = None
+        # Hot answers by match not yet counted in the store's figures.
+        self._answered: dict[str, int] = {}
+        # Reviews and list changes made through this replica apply to its next request.
+        self.scenes = Scenes(args.scenes, store, preprocessor, on_write=self._hot.clear)
         self.jobs = Jobs(args, self)
 
     async def analyze(
@@ -181,15 +203,17 @@ class IngressService:
         judged by the scene policy ``policy_name`` (``default`` when None; 422 if unknown)."""
         policy = self.scenes.policy(policy_name)
         with stage("analyze", {"request_id": request_id, "memeserve.bytes": len(data)}):
-            with self._inside():
+            # Ray's refusals (a full queue, a lost replica) leave as ours: batch items and
+            # job workers see a ServiceUnavailable they can retry.
+            with self._inside(), ray_errors_as_ours():
                 try:
-                    result, marks = await asyncio.wait_for(
+                    result, marks, seen = await asyncio.wait_for(
                         self._run_graph(data, text, request_id, time.time() + timeout, policy),
                         timeout,
                     )
                 except TimeoutError:
                     raise DeadlineExceeded(f"no answer within {timeout:g} s") from None
-            judged = self.scenes.judge(result, policy, text, marks, request_id)
+            judged = self.scenes.judge(result, policy, text, marks, request_id, seen=seen)
             return finish(judged, request_id, started)
 
     async def analyze_batch(
@@ -289,19 +313,20 @@ class IngressService:
     ) -> AsyncIterator[bytes]:
         deadline = time.time() + timeout
 
-        def judged(result: dict[str, Any], marks: Marks) -> bytes:
-            answer = self.scenes.judge(result, policy, text, marks, request_id)
+        def judged(result: dict[str, Any], marks: Marks, seen: bytes | None = None) -> bytes:
+            answer = self.scenes.judge(result, policy, text, marks, request_id, seen=seen)
             return sse("result", finish(answer, request_id, started))
 
         hit, upload = await self._resent(data, text, request_id)
         if hit is not None:
             result = from_cache(hit)
             yield sse("cache", result["meta"]["cache"])
-            yield judged(result, hit.marks)
+            yield judged(result, hit.marks, hit.unseen)
             return
-        with self._admitted(), cancelled_with_caller() as calls:
+        async with self._engine_path(deadline) as (_, calls):
             prepared = await self._prepare(calls, data, text, request_id, deadline, upload)
             if isinstance(prepared, CacheHit):
+                self._keep_hit(upload, prepared)
                 result = from_cache(prepared)
                 yield sse("cache", result["meta"]["cache"])
                 yield judged(result, prepared.marks)
@@ -336,12 +361,13 @@ class IngressService:
                 explanation_max_chars=served["explanation_max_chars"],
                 analysed_size=served["analysed_size"],
             )
-            result = await calls.add(
+            answer: StructuredAnswer = await calls.add(
                 self._structurer.structure.remote(
                     output, prepared.structure_context(request_id), self._cache_key(prepared)
                 )
             )
-        yield judged(result, prepared.marks)
+            self._keep_answer(upload, prepared, answer)
+        yield judged(answer.analysis, prepared.marks)
 
     async def _run_graph(
         self,
@@ -350,26 +376,30 @@ class IngressService:
         request_id: str,
         deadline: float,
         policy: tuple[str, Any],
-    ) -> tuple[dict[str, Any], Marks]:
-        """The analysis (policy-free, as stored) and the image's marks."""
+    ) -> tuple[dict[str, Any], Marks, bytes | None]:
+        """The analysis (policy-free, as stored), the image's marks, and its fingerprint
+        when the store has not seen this request (a hot answer: the decision carries it)."""
         hit, upload = await self._resent(data, text, request_id)
         if hit is not None:
-            return from_cache(hit), hit.marks
-        with self._admitted(), cancelled_with_caller() as calls:
+            return from_cache(hit), hit.marks, hit.unseen
+        async with self._engine_path(deadline) as (ticket, calls):
             prepared = await self._prepare(calls, data, text, request_id, deadline, upload)
             if isinstance(prepared, CacheHit):
-                return from_cache(prepared), prepared.marks
+                self._keep_hit(upload, prepared)
+                return from_cache(prepared), prepared.marks, None
             answered = self._without_engine(prepared, policy, request_id)
             if answered is not None:
-                return answered, prepared.marks
+                return answered, prepared.marks, None
             # The DeploymentResponse goes straight to the Structurer as a top-level argument.
             output = calls.add(self._vlm.generate.remote(prepared.request))
-            analysis: dict[str, Any] = await calls.add(
+            answer: StructuredAnswer = await calls.add(
                 self._structurer.structure.remote(
                     output, prepared.structure_context(request_id), self._cache_key(prepared)
                 )
             )
-        return analysis, prepared.marks
+            ticket.served()
+            self._keep_answer(upload, prepared, answer)
+        return answer.analysis, prepared.marks, None
 
     def _without_engine(
         self, prepared: Prepared, policy: tuple[str, Any], request_id: str
@@ -413,21 +443,88 @@ class IngressService:
             upload = await asyncio.to_thread(upload_key, data, scope)
         else:
             upload = upload_key(data, scope)
-        looked: Looked = await self._store.lookup_upload.remote(
-            upload, self._levels.state.level, request_id
-        )
-        hit = looked.hit
-        if hit is None:
+        level = self._levels.state.level
+        self._follow_store()
+        hot = self._hot.get(upload, level)
+        if hot is not None and hot.hit is not None:
+            match = hot.hit.match
+            with stage("cache_lookup", {"memeserve.cache.kind": "hot"}):
+                annotate(
+                    {"memeserve.cache.match": match, "memeserve.cache.distance": hot.hit.distance}
+                )
+                self._answered[match] = self._answered.get(match, 0) + 1
+                count_cache_lookup("hot", match)
+                return self._cache_hit(hot, started, unseen=True), upload
+        looked: Looked = await self._store.lookup_upload.remote(upload, level, request_id)
+        if looked.hit is None:
             return None, upload
-        cached = CacheHit(
-            analysis=hit.analysis,
+        self._keep(upload, looked)
+        return self._cache_hit(looked, started, unseen=False), upload
+
+    def _keep(self, upload: str | None, looked: Looked) -> None:
+        """Keep the store's answer for these bytes in this replica (a private copy: the
+        answers built from it are changed per request)."""
+        if upload is not None and looked.hit is not None:
+            hit = dataclasses.replace(looked.hit, analysis=copy.deepcopy(looked.hit.analysis))
+            self._hot.put(upload, dataclasses.replace(looked, hit=hit), hit.level, looked.epoch)
+
+    def _keep_hit(self, upload: str | None, found: CacheHit) -> None:
+        """A fingerprint hit the Preprocessor found: the store now answers these bytes too."""
+        hit = LibraryHit(
+            found.analysis, found.level, found.match, found.distance, found.fingerprint
+        )
+        self._keep(upload, Looked(hit, found.marks, found.epoch))
+
+    def _keep_answer(
+        self, upload: str | None, prepared: Prepared, answer: StructuredAnswer
+    ) -> None:
+        """A fresh answer the library kept: resending these bytes finds it as an exact hit."""
+        if answer.stored:
+            level = int(answer.analysis["meta"]["degradation_level"])
+            hit = LibraryHit(answer.analysis, level, "exact", 0, prepared.key.fingerprint)
+            self._keep(upload, Looked(hit, prepared.marks, prepared.epoch))
+
+    def _cache_hit(self, looked: Looked, started: float, *, unseen: bool) -> CacheHit:
+        """A kept answer as this request's hit (a copy of the analysis when kept here)."""
+        hit = looked.hit
+        assert hit is not None
+        return CacheHit(
+            analysis=copy.deepcopy(hit.analysis) if unseen else hit.analysis,
             level=hit.level,
             preprocess_ms=(time.perf_counter() - started) * 1000.0,
             match=hit.match,
             distance=hit.distance,
             marks=looked.marks,
+            unseen=hit.fingerprint.to_bytes() if unseen and hit.fingerprint else None,
         )
-        return cached, upload
+
+    def _take_answered(self) -> dict[str, int]:
+        """The hot answers since the store last heard of them (it counts them as hits)."""
+        answered, self._answered = self._answered, {}
+        return answered
+
+    def _follow_store(self) -> None:
+        """Start asking the store's epoch for the hot answers, once (on the replica's loop)."""
+        if self._hot_task is None and self._hot.max_entries > 0:
+            self._hot_task = asyncio.get_running_loop().create_task(self._follow_epoch())
+
+    async def _follow_epoch(self) -> None:
+        """Every ``hot_sync_s``: the store's epoch (a new one empties the hot answers)."""
+        period = self.args.cache.hot_sync_s
+        while True:
+            try:
+                answered = self._take_answered()
+                epoch: str = await asyncio.wait_for(
+                    self._store.epoch.remote(answered), STATUS_WAIT_S
+                )
+                self._hot.heard(epoch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if self._hot.epoch is not None:
+                    logger.warning("hot answers off: the store's epoch: %s", str(exc)[:200])
+                self._hot.lost()
+            await asyncio.sleep(period)
 
     @contextlib.contextmanager
     def _inside(self) -> Iterator[None]:
@@ -439,20 +536,19 @@ class IngressService:
         finally:
             self.in_flight -= 1
 
-    @contextlib.contextmanager
-    def _admitted(self) -> Iterator[None]:
-        """A place in the engine path; at a shedding level, refused when none is free."""
-        self._admission.enter(self._levels.state)
+    @contextlib.asynccontextmanager
+    async def _engine_path(self, deadline: float) -> AsyncIterator[tuple[Ticket, Calls]]:
+        """A place in the engine path (:class:`AdmissionGate`: it may wait for one, or be
+        refused), and the downstream calls made while holding it, cancelled together."""
+        ticket = await self._admission.enter(self._levels.state, deadline - time.time())
         try:
-            yield
+            with cancelled_with_caller() as calls:
+                yield ticket, calls
         finally:
-            self._admission.leave()
+            self._admission.leave(ticket)
 
     async def _report_load(self) -> LevelState:
-        signals = {
-            "graph_in_flight": float(self._admission.inside),
-            "refused": float(self._admission.take_refused()),
-        }
+        signals = self._admission.report()
         state: LevelState = await self._controller.report.remote(self._source, "ingress", signals)
         return state
 
@@ -467,24 +563,50 @@ class IngressService:
         """
         self._levels.start()
         try:
-            state: LevelState = await asyncio.wait_for(self._controller.state.remote(), 5.0)
+            state: LevelState = await asyncio.wait_for(
+                self._controller.state.remote(), STATUS_WAIT_S
+            )
         except Exception:
             state = self._levels.state  # the controller restarting: our last copy
         if state.draining:
             raise ServiceUnavailable("draining before a stop", retry_after_s=5)
         try:
-            engine = await asyncio.wait_for(self._vlm.info.remote(), 5.0)
+            engine = await self._engine_figures()
         except TimeoutError:
             raise ServiceUnavailable("the engine did not answer in time", retry_after_s=2) from None
         except Exception as exc:
             raise ServiceUnavailable(f"engine not ready: {exc}", retry_after_s=2) from None
+        if not engine.get("ready", True):
+            raise ServiceUnavailable(f"engine not ready: {engine.get('error')}", retry_after_s=2)
         return {"status": "ready", "engine": engine["kind"], "model": engine["model"]}
+
+    async def _engine_figures(self) -> dict[str, Any]:
+        """A VLM pool replica's engine figures: its own answer when it comes within
+        ``ENGINE_ASK_S``, else what the pool last reported to the LoadController.
+
+        A replica holding ``max_ongoing_requests`` answers only once one of them ends, so
+        under load the report (at most ``period_s`` old, ``reported_s_ago`` says how old)
+        is what status and readiness can see. Raises what the replica raised (an unusable
+        engine), or ``TimeoutError`` when neither answered.
+        """
+        asked = self._vlm.info.remote()
+        try:
+            answer: dict[str, Any] = await asyncio.wait_for(asked, ENGINE_ASK_S)
+            return answer
+        except TimeoutError:
+            asked.cancel()
+        reported: dict[str, Any] | None = await asyncio.wait_for(
+            self._controller.engine.remote(), STATUS_WAIT_S
+        )
+        if reported is None:
+            raise TimeoutError
+        return reported
 
     async def status(self) -> dict[str, Any]:
         """Operational snapshot of the running graph."""
         self._levels.start()
-        engine_call = self._vlm.info.remote()
-        cache_call = self._store.stats.remote()
+        engine_call = asyncio.ensure_future(self._engine_figures())
+        cache_call = self._store.stats.remote(self._take_answered())
         degradation_call = self._controller.status.remote()
         return {
             "service": "memeserve",
@@ -495,7 +617,12 @@ class IngressService:
             "model": self.args.engine.model_name,
             "prompt_version": self.args.prompt_version,
             "degradation": await answer_or_error(degradation_call, {"level": None}),
-            "cache": await answer_or_error(cache_call, {"enabled": self.args.cache.enabled}),
+            "cache": {
+                **await answer_or_error(cache_call, {"enabled": self.args.cache.enabled}),
+                "hot": self._hot.figures(),  # this Ingress replica's answers for resent bytes
+            },
             "in_flight": self.in_flight,
+            "admission": self._admission.snapshot(),
+            "decisions": self.scenes.outbox.figures(),  # this replica's, on their way
             "replicas": await asyncio.to_thread(self._replicas),
         }

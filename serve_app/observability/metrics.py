@@ -106,7 +106,8 @@ def count_error(status: int, code: str) -> None:
 
 
 def count_cache_lookup(kind: str, result: str) -> None:
-    """One library lookup: ``kind`` upload|fingerprint, ``result`` exact|near|miss."""
+    """One library lookup: ``kind`` upload|fingerprint (the store), hot (an Ingress's copy),
+    ``result`` exact|near|miss."""
     _cache_lookups().inc(tags={"kind": kind, "result": result})
 
 

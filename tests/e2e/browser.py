@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from tests.e2e.test_make_run import Service, stop_and_check
+from tests.support.make_run import Service, stop_and_check
 from tests.support.paths import ROOT
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ import httpx
 import yaml
 
 from loadtest.corpus import MemeSpec, meme_bytes
-from tests.e2e.test_make_run import Service, shipped_profile_on_free_port, stop_and_check
+from tests.support.make_run import Service, shipped_profile_on_free_port, stop_and_check
 
 
 def status(url: str) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from tests.e2e.browser import (
     screenshot,
     watched_page,
 )
-from tests.e2e.test_make_run import shipped_profile_on_free_port
+from tests.support.make_run import shipped_profile_on_free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Locator, Page

@@ -26,7 +26,7 @@ from tests.e2e.browser import (
     watched_page,
 )
 from tests.e2e.browser import screenshot as _screenshot
-from tests.e2e.test_make_run import shipped_profile_on_free_port
+from tests.support.make_run import shipped_profile_on_free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Route

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import tempfile
 import time
 from collections.abc import Iterator
@@ -13,13 +12,8 @@ from typing import Any
 
 import httpx
 
-from serve_app.config.check import PROXY_CALLBACK, PROXY_CALLBACK_ENV
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from loadtest.harness.ports import free_port
+from serve_app.config.check import PROXY_CALLBACK, PROXY_CALLBACK_ENV, REPLICA_LOOP_ENV
 
 
 def wait_ready(base_url: str, timeout_s: float = 120.0) -> None:
@@ -60,7 +54,14 @@ def _ray_with_serve(port: int) -> Iterator[None]:
     from ray import serve
 
     # address="local": always a cluster of our own, never one another process left running.
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # The Serve settings of the shipped profiles (their runtime_env), for every replica.
+    ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={"env_vars": dict(REPLICA_LOOP_ENV)},
+    )
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         yield
@@ -129,3 +130,24 @@ def start_declarative(document: dict[str, Any]) -> Iterator[str]:
         base_url = f"http://127.0.0.1:{port}"
         wait_ready(base_url)
         yield base_url
+
+
+def tiny_queue_document(ingress: dict[str, Any], vlm: dict[str, Any]) -> dict[str, Any]:
+    """The CPU profile as an in-process drill app (one replica each, every engine call
+    held 1.5 s, 30 s deadline), with ``ingress`` and ``vlm`` set on the Ingress and VLM
+    pool deployments: the queues the backpressure tests make tiny."""
+    import yaml
+
+    from loadtest.fault_drill import drill_document
+    from tests.support.paths import ROOT
+
+    profile = yaml.safe_load((ROOT / "autoscale_configs/dev-cpu.yaml").read_text("utf-8"))
+    for key in ("http_options", "proxy_location", "logging_config"):
+        profile.pop(key, None)  # the in-process Serve instance has its own
+    document = drill_document(profile, request_timeout_s=30, delay_ms=1500, replicas=1)
+    for deployment in document["applications"][0]["deployments"]:
+        if deployment["name"] == "Ingress":
+            deployment.update(ingress)
+        if deployment["name"] == "VLMPool":
+            deployment.update(vlm)
+    return document

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from loadtest.harness.ports import free_port
+
 REDIS_SERVER = Path("/usr/bin/redis-server")
 START_TIMEOUT_S = 15.0
 _MISSING = f"{REDIS_SERVER} is not installed (run `make system-deps` to install redis-server)"
@@ -29,12 +31,6 @@ def require_redis_server() -> Path:
     if os.environ.get("MEMESERVE_REQUIRE_REDIS") == "1":
         pytest.fail(f"MEMESERVE_REQUIRE_REDIS=1 but {_MISSING}", pytrace=False)
     pytest.skip(_MISSING)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answering_pid(port: int) -> int | None:
@@ -90,7 +86,7 @@ def running_redis(tmp_dir: Path) -> Iterator[str]:
     binary = require_redis_server()
     tmp_dir.mkdir(parents=True, exist_ok=True)
     for _attempt in range(3):  # another process may grab the free port before redis does
-        port = _free_port()
+        port = free_port()
         log = tmp_dir / f"redis-{port}.log"
         with log.open("wb") as log_file:
             process = subprocess.Popen(

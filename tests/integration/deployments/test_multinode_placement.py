@@ -21,7 +21,8 @@ import httpx
 import pytest
 
 from loadtest.corpus import MemeSpec, meme_bytes
-from tests.support.app import deploy, free_port, wait_ready, with_own_library
+from loadtest.harness.ports import free_port
+from tests.support.app import deploy, wait_ready, with_own_library
 
 APP = "memeserve"
 RESOURCE = "memeserve_gpu"

@@ -95,6 +95,15 @@ def test_one_trace_crosses_every_deployment(base_url: str, traces_dir: Path) -> 
     assert response.status_code == 200, response.text
     assert response.headers["x-trace-id"] == trace_id
     spans = wait_for_spans(traces_dir, trace_id, set(DEPLOYMENT_SPANS))
+    # Each process writes a span when it ends: a parent (the Ingress's request span) can
+    # reach its file after a child another replica wrote at once. Wait for the tree.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        ids = {span["context"]["span_id"] for span in spans}
+        if all(span["parent_id"] in ids | {f"0x{parent_id}"} for span in spans):
+            break
+        time.sleep(0.2)
+        spans = spans_of(traces_dir, trace_id)
 
     # A tree under the caller's span: every parent is the caller's span or in the trace.
     ids = {span["context"]["span_id"] for span in spans}
@@ -194,7 +203,8 @@ def test_metrics_reach_prometheus(base_url: str) -> None:
         "analyze 415": ("ray_memeserve_requests_total", {**analyze, "status": "415"}),
         "rejected 415": ("ray_memeserve_errors_total", {"code": "unsupported_media_type"}),
         "rejected 422": ("ray_memeserve_errors_total", {"status": "422"}),
-        "upload hit": ("ray_memeserve_cache_lookups_total", {"kind": "upload", "result": "exact"}),
+        # The resend: answered from the Ingress's hot copy (the store kept the first answer).
+        "hot hit": ("ray_memeserve_cache_lookups_total", {"kind": "hot", "result": "exact"}),
         "fingerprint miss": (
             "ray_memeserve_cache_lookups_total",
             {"kind": "fingerprint", "result": "miss"},

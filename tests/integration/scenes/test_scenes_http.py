@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import time
 from typing import Any
 
 import httpx
@@ -343,3 +344,35 @@ def test_accept_and_review_errors(client: httpx.Client) -> None:
     assert bad_name.status_code == 422
     stats = client.get("/v1/lists", headers=ADMIN_H).json()["lists"]
     assert "banned" in stats and "blocked-images" in stats
+
+
+def test_resent_bytes_answered_by_the_ingress_keep_their_decision_and_see_a_review(
+    client: httpx.Client,
+) -> None:
+    """The hot path (cache.hot_entries): a byte-identical resend is answered inside the
+    Ingress, its decision still reaches the moderators with the image, and a review
+    made through the Ingress applies to the very next resend."""
+    data = _png(meme(40, "热门表情包", "转发了一万次"))
+    hot_before = client.get("/v1/status", headers=READ_H).json()["cache"]["hot"]["hits"]
+    ok(analyze(client, data, policy="moderation"))  # the engine answers, the store keeps it
+    time.sleep(0.6)  # the Ingress has heard the store's epoch (hot_sync_s 0.25)
+    for n in range(3):
+        response = client.post(
+            "/v1/memes/analyze",
+            files={"image": ("m.png", data)},
+            data={"policy": "moderation"},
+            headers={**READ_H, "x-request-id": f"hot-{n}"},
+        )
+        assert ok(response)["meta"]["cache"]["match"] == "exact"
+    status = client.get("/v1/status", headers=READ_H).json()["cache"]
+    assert status["hot"]["hits"] >= hot_before + 2, status
+    assert status["hot"]["entries"] >= 1
+
+    review = client.post(
+        "/v1/reviews",
+        json={"request_id": "hot-2", "labels": {"emotion": "happiness"}, "reviewer": "bob"},
+        headers=ADMIN_H,
+    )
+    assert review.status_code == 201, review.text  # the hot answer's decision was kept
+    body = ok(analyze(client, data, policy="moderation"))
+    assert body["risk"]["decided_by"] == "review" and body["emotion"] == "happiness"

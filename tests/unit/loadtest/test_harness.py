@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.harness import processes, service
+from loadtest.harness.ports import free_port
 from loadtest.harness.processes import (
     alive,
     cmdline,
@@ -31,7 +32,6 @@ from loadtest.harness.processes import (
 from loadtest.harness.service import (
     Service,
     StopReport,
-    free_port,
     service_document,
     stop_service,
     wait_ready,
