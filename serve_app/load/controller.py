@@ -47,6 +47,9 @@ class Controller:
         self._admit: int | None = None
         self._refused = 0.0
         self._state = LevelState.initial(self.config)
+        # Transitions are timed on the monotonic clock; one fixed offset turns them into
+        # wall time, so a transition shows the same "at" in every status call.
+        self._wall_minus_mono = time.time() - time.monotonic()
 
     def reconfigure(self, config: ControllerUserConfig) -> None:
         """Apply ``config`` live; the current level is kept, its row refreshed."""
@@ -143,7 +146,7 @@ class Controller:
 
     def status(self) -> dict[str, Any]:
         """Level, signals, time in level and transitions for /v1/status."""
-        now_mono, now_wall = time.monotonic(), time.time()
+        now_mono = time.monotonic()
         decision = self._decision
         loads = decision.loads if decision else {}
         row = self._state.row
@@ -174,7 +177,7 @@ class Controller:
             "time_in_level_s": round(now_mono - since, 2) if since is not None else None,
             "transitions": [
                 {
-                    "at": round(now_wall - (now_mono - t.at), 3),
+                    "at": round(t.at + self._wall_minus_mono, 3),
                     "from": t.from_level,
                     "to": t.to_level,
                     "reason": t.reason,

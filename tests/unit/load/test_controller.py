@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from serve_app.config.models import ControllerUserConfig
 from serve_app.load.controller import Controller
 
@@ -21,6 +23,20 @@ def test_a_pool_reporting_full_load_raises_the_level_and_status_says_why() -> No
     assert status["dominant"] == "gpu_util" and status["signals"]["gpu_util"] == 0.99
     assert status["reporters"] == {"vlm": 1, "ingress": 1}
     assert status["transitions"] and status["replica"] == "test-replica"
+
+
+def test_a_transition_keeps_its_time_across_status_calls(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    controller = Controller("r")
+    controller.reconfigure(ControllerUserConfig(force_level=2))
+    controller.tick()
+    first = controller.status()["transitions"]
+    assert first and abs(first[0]["at"] - time.time()) < 5
+    # A busy machine: the wall clock read late (or stepped) against the monotonic one.
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 0.25)
+    assert controller.status()["transitions"] == first
 
 
 def test_reports_older_than_stale_after_are_dropped() -> None:
