@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -37,6 +38,10 @@ OUTBOX_FULL = 512
 OUTBOX_HELD = 8192
 """Decisions held while the store does not take them; older ones are dropped (counted)."""
 FINAL_FLUSH_S = 5.0
+OUTBOX_BACKOFF_MAX_S = 5.0
+"""While the store refuses batches, the outbox retries after twice the last wait, up to this."""
+OUTBOX_WARN_EVERY_S = 30.0
+"""While the store refuses batches, one warning per this many seconds (the rest counted)."""
 
 Decision = tuple[str, dict[str, Any], bytes | None]
 """``(request_id, summary, seen)`` as :meth:`FingerprintStore.record_decisions` takes them."""
@@ -50,7 +55,10 @@ class DecisionOutbox:
     ``record_decisions`` call; :meth:`flush` sends now (reads that must see this
     replica's decisions call it first). When the store does not take a batch, it is
     kept for the next try; beyond :data:`OUTBOX_HELD` the oldest are dropped and counted
-    (the decisions table is for moderators, never on an answer's path).
+    (the decisions table is for moderators, never on an answer's path). While the store
+    refuses, the tries back off (doubling to :data:`OUTBOX_BACKOFF_MAX_S`, a full outbox
+    no longer sends at once) and the warning is logged once per
+    :data:`OUTBOX_WARN_EVERY_S`; the first batch taken again is logged once.
     """
 
     def __init__(self, store: Any, period_s: float) -> None:
@@ -63,6 +71,8 @@ class DecisionOutbox:
         self.sent = 0
         self.batches = 0
         self.dropped = 0
+        self.failed_tries = 0
+        self._warned_at: float | None = None
 
     def add(self, decision: Decision) -> None:
         """Queue one decision (on the replica's loop); starts the sending task once."""
@@ -75,18 +85,38 @@ class DecisionOutbox:
 
     async def _run(self) -> None:
         assert self._full is not None
+        wait_s = self.period_s
         while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._full.wait(), self.period_s)
+            if self.failed_tries:
+                await asyncio.sleep(wait_s)  # backing off: a full outbox does not hurry it
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), self.period_s)
             self._full.clear()
             try:
                 await self.flush()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # kept for the next period (see flush)
-                logger.warning(
-                    "%d decisions not recorded yet: %s", len(self._pending), str(exc)[:200]
-                )
+            except Exception as exc:  # kept for the next try (see flush)
+                self.failed_tries += 1
+                wait_s = min(OUTBOX_BACKOFF_MAX_S, max(wait_s, self.period_s) * 2)
+                self._warn(exc)
+            else:
+                if self.failed_tries:
+                    logger.info("decisions recorded again after %d failed tries", self.failed_tries)
+                self.failed_tries, wait_s, self._warned_at = 0, self.period_s, None
+
+    def _warn(self, exc: Exception) -> None:
+        now = time.monotonic()
+        if self._warned_at is None or now - self._warned_at >= OUTBOX_WARN_EVERY_S:
+            self._warned_at = now
+            logger.warning(
+                "%d decisions not recorded yet (%d failed tries, retrying within %.0f s): %s",
+                len(self._pending),
+                self.failed_tries,
+                OUTBOX_BACKOFF_MAX_S,
+                str(exc)[:200],
+            )
 
     async def flush(self) -> None:
         """Send what has gathered, in order; raises (keeping the batch) if the store fails."""

@@ -115,6 +115,38 @@ def test_a_failing_store_keeps_the_batch_until_it_takes_it(
     assert outbox.figures()["dropped"] == 1
 
 
+def test_a_store_that_stays_down_gets_fewer_tries_and_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(scenes_module, "OUTBOX_FULL", 2)
+    monkeypatch.setattr(scenes_module, "OUTBOX_BACKOFF_MAX_S", 0.08)
+    store = Store()
+    store.failing = True
+
+    async def scenario() -> DecisionOutbox:
+        outbox = DecisionOutbox(store, period_s=0.01)
+        for index in range(40):  # a full outbox, again and again, while the store is down
+            outbox.add(decision(f"r{index}"))
+            await asyncio.sleep(0.01)
+        tries_while_down = len(store.record_decisions.calls)
+        # Without backing off: a try per period and per full outbox, ~40 in 0.4 s.
+        assert 3 <= tries_while_down <= 12, tries_while_down
+        assert outbox.failed_tries == tries_while_down
+        store.failing = False
+        await asyncio.sleep(0.3)  # the next try, at most the cap later, succeeds
+        assert outbox.failed_tries == 0 and outbox.figures()["pending"] == 0
+        await outbox.stop()
+        return outbox
+
+    with caplog.at_level("INFO", logger=scenes_module.logger.name):
+        outbox = asyncio.run(scenario())
+    assert store.kept == [f"r{index}" for index in range(40)]
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert any("recorded again" in r.getMessage() for r in caplog.records)
+    assert outbox.figures()["dropped"] == 0
+
+
 def test_reviews_and_decision_reads_see_this_replicas_decisions_at_once() -> None:
     store = Store()
     scenes = Scenes(ScenesArgs(decisions_flush_s=10), store, preprocessor=None)
