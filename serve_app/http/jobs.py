@@ -87,17 +87,24 @@ class Jobs:
 
     @property
     def store(self) -> JobStore:
+        self._require_enabled()
         if self._store is None:
-            if not self.config.enabled:
-                raise NotFound("async jobs are disabled on this service (args.jobs.enabled)")
             self._store = open_store(self.args)
         return self._store
 
+    def _require_enabled(self) -> None:
+        if self._store is None and not self.config.enabled:
+            raise NotFound("async jobs are disabled on this service (args.jobs.enabled)")
+
     # -- the routes -----------------------------------------------------------------------
 
-    def submit(self, request: JobRequest, owner: str | None) -> dict[str, Any]:
-        """Queue a job (422 for a bad body, 429 past the open-jobs limit); its view."""
-        store = self.store
+    async def submit(self, request: JobRequest, owner: str | None) -> dict[str, Any]:
+        """Queue a job (422 for a bad body, 429 past the open-jobs limit); its view.
+
+        The store is called in a worker thread (SQLite or Redis: a 1,000-item insert must
+        not hold the replica's event loop), as everywhere in this class.
+        """
+        self._require_enabled()  # 404 before any check of the body, as before
         limit = self.config.max_items
         if len(request.items) > limit:
             raise SchemaError(f"a job holds at most {limit} items, got {len(request.items)}")
@@ -118,13 +125,20 @@ class Jobs:
                     f"no callback secret is configured for key {name!r} "
                     f"(jobs.callback_secrets_env), so callbacks cannot be signed"
                 )
+        job_id = await asyncio.to_thread(self._create, name, request, callback)
+        self.start()
+        return await self.view(job_id, owner, offset=0, limit=0)
+
+    def _create(self, name: str, request: JobRequest, callback: str | None) -> str:
+        """The open-jobs check and the insert (worker thread)."""
+        store = self.store
         if store.open_jobs(name) >= self.config.max_open_jobs:
             raise TooManyRequests(
                 f"key {name!r} has {self.config.max_open_jobs} unfinished jobs; retry when "
                 "one has finished",
                 retry_after_s=5,
             )
-        job_id = store.create(
+        return store.create(
             NewJob(
                 owner=name,
                 policy=request.policy,
@@ -144,13 +158,16 @@ class Jobs:
             ],
             time.time(),
         )
-        self.start()
-        return self.view(job_id, owner, offset=0, limit=0)
 
-    def view(
+    async def view(
         self, job_id: str, owner: str | None, *, offset: int, limit: int, admin: bool = False
     ) -> dict[str, Any]:
         """A job's state, progress, callback and a page of results (404 for another key's)."""
+        return await asyncio.to_thread(self._view, job_id, owner, offset, limit, admin)
+
+    def _view(
+        self, job_id: str, owner: str | None, offset: int, limit: int, admin: bool
+    ) -> dict[str, Any]:
         job = self.store.get(job_id)
         if job is None or (not admin and job.owner != (owner or ANONYMOUS)):
             raise NotFound(f"no job {job_id!r}")
@@ -158,11 +175,11 @@ class Jobs:
         results = self.store.results(job_id, offset, limit) if limit else []
         return {**view, "location": f"/v1/jobs/{job_id}", "offset": offset, "results": results}
 
-    def cancel(self, job_id: str, owner: str | None, admin: bool = False) -> dict[str, Any]:
+    async def cancel(self, job_id: str, owner: str | None, admin: bool = False) -> dict[str, Any]:
         """Cancel a job's items not yet analysed."""
-        self.view(job_id, owner, offset=0, limit=0, admin=admin)  # 404 for another key's
-        self.store.cancel(job_id, time.time())
-        return self.view(job_id, owner, offset=0, limit=0, admin=admin)
+        await self.view(job_id, owner, offset=0, limit=0, admin=admin)  # 404 for another key's
+        await asyncio.to_thread(self.store.cancel, job_id, time.time())
+        return await self.view(job_id, owner, offset=0, limit=0, admin=admin)
 
     # -- workers --------------------------------------------------------------------------
 
@@ -252,7 +269,7 @@ class Jobs:
             self.config.callback_timeout_s * 2,
             time.time(),
         )
-        job = store.get(job_id) if claimed else None
+        job = await asyncio.to_thread(store.get, job_id) if claimed else None
         if job is None or job.callback.url is None:
             return
         secret = self._secrets.get(job.owner or ANONYMOUS)

@@ -43,7 +43,7 @@ async def submit(request: Request) -> JSONResponse:
     limit = service.body_limit * min(service.args.jobs.max_items, 64)
     body = await parse_json_input(request, limit, JobRequest)
     owner, _ = _owner(request)
-    view = service.jobs.submit(body, owner)
+    view = await service.jobs.submit(body, owner)
     return JSONResponse(view, status_code=202, headers={"location": view["location"]})
 
 
@@ -58,7 +58,7 @@ async def get_job(
     if offset < 0 or not 0 <= limit <= _RESULTS_PAGE:
         raise SchemaError(f"offset must be ≥ 0 and limit between 0 and {_RESULTS_PAGE}")
     owner, admin = _owner(request)
-    return current().jobs.view(job_id, owner, offset=offset, limit=limit, admin=admin)
+    return await current().jobs.view(job_id, owner, offset=offset, limit=limit, admin=admin)
 
 
 @router.post(
@@ -67,4 +67,4 @@ async def get_job(
 async def cancel(job_id: str, request: Request) -> dict[str, Any]:
     """Items already analysed keep their results; the rest are not analysed."""
     owner, admin = _owner(request)
-    return current().jobs.cancel(job_id, owner, admin=admin)
+    return await current().jobs.cancel(job_id, owner, admin=admin)

@@ -76,7 +76,7 @@ def test_items_run_through_the_service_and_results_keep_order() -> None:
     async def scenario() -> dict[str, Any]:
         service = FakeService(shed=2)
         jobs = Jobs(_args(), service, MemoryJobStore())
-        view = jobs.submit(_request(b"a", b"bad", b"c", policy="support"), "web")
+        view = await jobs.submit(_request(b"a", b"bad", b"c", policy="support"), "web")
         assert view["state"] == "queued" and view["location"] == f"/v1/jobs/{view['id']}"
         try:
             await _until(lambda: jobs.store.get(view["id"]).state == "done")  # type: ignore[union-attr]
@@ -85,7 +85,7 @@ def test_items_run_through_the_service_and_results_keep_order() -> None:
         # Shed items went back to the store and were analysed again, not failed.
         assert len(service.calls) == 5
         assert {call[3] for call in service.calls} == {"support"}
-        return jobs.view(view["id"], "web", offset=0, limit=10)
+        return await jobs.view(view["id"], "web", offset=0, limit=10)
 
     done = asyncio.run(scenario())
     assert [r["id"] for r in done["results"]] == ["i0", "i1", "i2"]
@@ -97,12 +97,16 @@ def test_items_run_through_the_service_and_results_keep_order() -> None:
 
 def test_submit_refuses_what_cannot_run() -> None:
     jobs = Jobs(_args(max_items=2, max_open_jobs=1, workers=0), FakeService(), MemoryJobStore())
+
+    def submit(request: JobRequest, owner: str = "web") -> dict[str, Any]:
+        return asyncio.run(jobs.submit(request, owner))
+
     with pytest.raises(SchemaError, match="at most 2"):
-        jobs.submit(_request(b"a", b"b", b"c"), "web")
+        submit(_request(b"a", b"b", b"c"))
     with pytest.raises(SchemaError, match="unknown policy"):
-        jobs.submit(_request(b"a", policy="nope"), "web")
+        submit(_request(b"a", policy="nope"))
     with pytest.raises(SchemaError, match="unique"):
-        jobs.submit(
+        submit(
             JobRequest.model_validate(
                 {
                     "items": [
@@ -110,17 +114,16 @@ def test_submit_refuses_what_cannot_run() -> None:
                         {"id": "x", "image_base64": "YQ=="},
                     ]
                 }
-            ),
-            "web",
+            )
         )
     with pytest.raises(SchemaError, match="callback_url"):
-        jobs.submit(_request(b"a", callback_url="http://169.254.169.254/"), "web")
+        submit(_request(b"a", callback_url="http://169.254.169.254/"))
 
     async def open_one() -> None:
-        jobs.submit(_request(b"a"), "web")
+        await jobs.submit(_request(b"a"), "web")
         with pytest.raises(TooManyRequests):
-            jobs.submit(_request(b"a"), "web")
-        jobs.submit(_request(b"a"), "other")  # per key
+            await jobs.submit(_request(b"a"), "web")
+        await jobs.submit(_request(b"a"), "other")  # per key
 
     asyncio.run(open_one())
 
@@ -136,7 +139,7 @@ def test_a_finished_job_is_called_back_signed_and_retried() -> None:
         args = _args(callback_hosts=["127.0.0.1"], callback_attempts=3)
         jobs = Jobs(args, FakeService(), MemoryJobStore())
         jobs._secrets = {"web": "topsecret"}  # as callback_secrets would read them
-        view = jobs.submit(_request(b"a", callback_url=f"{url}/hook"), "web")
+        view = await jobs.submit(_request(b"a", callback_url=f"{url}/hook"), "web")
         try:
             await _until(
                 lambda: (
@@ -146,7 +149,7 @@ def test_a_finished_job_is_called_back_signed_and_retried() -> None:
             )
         finally:
             await jobs.stop()
-        return jobs.view(view["id"], "web", offset=0, limit=0)
+        return await jobs.view(view["id"], "web", offset=0, limit=0)
 
     with running_receiver(fail_first=1) as receiver:
         view = asyncio.run(scenario(receiver.url))
@@ -159,7 +162,7 @@ def test_a_finished_job_is_called_back_signed_and_retried() -> None:
 def test_a_key_without_a_secret_cannot_ask_for_callbacks() -> None:
     jobs = Jobs(_args(callback_hosts=["127.0.0.1"], workers=0), FakeService(), MemoryJobStore())
     with pytest.raises(SchemaError, match="secret"):
-        jobs.submit(_request(b"a", callback_url="http://127.0.0.1:9/x"), "web")
+        asyncio.run(jobs.submit(_request(b"a", callback_url="http://127.0.0.1:9/x"), "web"))
 
 
 def test_another_key_sees_no_job() -> None:
@@ -168,11 +171,12 @@ def test_another_key_sees_no_job() -> None:
     jobs = Jobs(_args(workers=0), FakeService(), MemoryJobStore())
 
     async def scenario() -> None:
-        view = jobs.submit(_request(b"a"), "web")
+        view = await jobs.submit(_request(b"a"), "web")
         with pytest.raises(NotFound):
-            jobs.view(view["id"], "other", offset=0, limit=0)
-        assert jobs.view(view["id"], "other", offset=0, limit=0, admin=True)["id"] == view["id"]
-        cancelled = jobs.cancel(view["id"], "web")
+            await jobs.view(view["id"], "other", offset=0, limit=0)
+        shown = await jobs.view(view["id"], "other", offset=0, limit=0, admin=True)
+        assert shown["id"] == view["id"]
+        cancelled = await jobs.cancel(view["id"], "web")
         assert cancelled["state"] == "cancelled"
 
     asyncio.run(scenario())
