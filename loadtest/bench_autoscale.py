@@ -47,7 +47,13 @@ from typing import Any
 
 from loadtest.corpus import payloads
 from loadtest.harness.inprocess import serve_in_process
-from loadtest.harness.load import CLIENT_TIMEOUT_S, Outcome, poisson_schedule, send_on_schedule
+from loadtest.harness.load import (
+    CLIENT_TIMEOUT_S,
+    Outcome,
+    end_run,
+    poisson_schedule,
+    send_on_schedule,
+)
 from loadtest.harness.ports import free_port
 from loadtest.harness.service import ROOT, load_profile
 from loadtest.harness.stats import latency_summary
@@ -291,11 +297,7 @@ async def drive(
         if back_to_min(samples, min_replicas, end_s - step_s) is not None:
             break
         await asyncio.sleep(POLL_PERIOD_S)
-    stop.set()
-    await poller
-    for outcome in outcomes:
-        if outcome.status is None and outcome.failure is None:
-            outcome.failure = "abandoned"
+    await end_run(stop, poller, outcomes)
     return outcomes, samples
 
 

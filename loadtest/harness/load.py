@@ -144,6 +144,15 @@ async def send_on_schedule(
         yield tasks
 
 
+async def end_run(stop: asyncio.Event, poller: asyncio.Task[None], outcomes: list[Outcome]) -> None:
+    """Stop the status poller of a run; a request that never finished counts as abandoned."""
+    stop.set()
+    await poller
+    for outcome in outcomes:
+        if outcome.status is None and outcome.failure is None:
+            outcome.failure = "abandoned"
+
+
 async def open_loop(
     url: str, images: list[bytes], schedule: list[float], duration_s: float
 ) -> dict[str, Any]:
@@ -172,11 +181,7 @@ async def open_loop(
         if answered and answered[-1].level == 0 and answered[-1].t_s >= arrivals_end:
             break
         await asyncio.sleep(POLL_PERIOD_S)
-    stop.set()
-    await poller
-    for outcome in outcomes:
-        if outcome.status is None and outcome.failure is None:
-            outcome.failure = "abandoned"
+    await end_run(stop, poller, outcomes)
     return {
         "outcomes": outcomes,
         "samples": samples,
