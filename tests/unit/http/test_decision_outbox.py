@@ -115,26 +115,37 @@ def test_a_failing_store_keeps_the_batch_until_it_takes_it(
     assert outbox.figures()["dropped"] == 1
 
 
+async def _until(condition: Any, timeout_s: float = 10.0) -> None:
+    """Poll ``condition`` (a state, not a duration: a slow machine only takes longer)."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met"
+        await asyncio.sleep(0.005)
+
+
 def test_a_store_that_stays_down_gets_fewer_tries_and_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(scenes_module, "OUTBOX_FULL", 2)
-    monkeypatch.setattr(scenes_module, "OUTBOX_BACKOFF_MAX_S", 0.08)
     store = Store()
     store.failing = True
 
     async def scenario() -> DecisionOutbox:
-        outbox = DecisionOutbox(store, period_s=0.01)
-        for index in range(40):  # a full outbox, again and again, while the store is down
+        outbox = DecisionOutbox(store, period_s=0.25)
+        outbox.add(decision("r0"))
+        await _until(lambda: outbox.failed_tries == 1)
+        # Backing off (the next try 0.5 s away): a full outbox, again and again, does not
+        # hurry it; without the backoff each of these 20 would send at once.
+        for index in range(1, 40):
             outbox.add(decision(f"r{index}"))
-            await asyncio.sleep(0.01)
-        tries_while_down = len(store.record_decisions.calls)
-        # Without backing off: a try per period and per full outbox, ~40 in 0.4 s.
-        assert 3 <= tries_while_down <= 12, tries_while_down
-        assert outbox.failed_tries == tries_while_down
+            for _ in range(5):
+                await asyncio.sleep(0)
+        assert len(store.record_decisions.calls) == 1
+        monkeypatch.setattr(scenes_module, "OUTBOX_BACKOFF_MAX_S", 0.02)
+        await _until(lambda: outbox.failed_tries >= 4)
         store.failing = False
-        await asyncio.sleep(0.3)  # the next try, at most the cap later, succeeds
-        assert outbox.failed_tries == 0 and outbox.figures()["pending"] == 0
+        await _until(lambda: outbox.figures()["pending"] == 0)
+        assert outbox.failed_tries == 0
         await outbox.stop()
         return outbox
 
