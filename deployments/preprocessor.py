@@ -52,7 +52,8 @@ class Preprocessor:
         self._store = store
         self._controller = controller
         self._fingerprinter = Fingerprinter()
-        self._levels = LevelFollower(self._fetch_level)
+        self._busy = 0  # prepare calls in progress: an idle replica reads the level less often
+        self._levels = LevelFollower(self._fetch_level, idle=lambda: self._busy == 0)
         try:  # know the configured table before the first request, if the controller is up
             await asyncio.wait_for(self._levels.refresh(), 10.0)
         except TimeoutError:
@@ -76,6 +77,20 @@ class Preprocessor:
         ``upload`` is the ingress's :func:`~serve_app.library.store.upload_key`;
         a hit remembers it, so the same bytes sent again skip this step.
         """
+        self._busy += 1
+        try:
+            return await self._prepare(data, text, request_id, deadline, upload)
+        finally:
+            self._busy -= 1
+
+    async def _prepare(
+        self,
+        data: bytes,
+        text: str | None,
+        request_id: str,
+        deadline: float | None,
+        upload: str | None,
+    ) -> Prepared | CacheHit | Refused:
         set_request_id(request_id)
         with stage("preprocess", {"request_id": request_id, "memeserve.bytes": len(data)}) as span:
             # Decoding and hashing are CPU work (Pillow and numpy release the GIL): keep

@@ -175,7 +175,7 @@ class IngressService:
         self.in_flight = 0
         self._admission = AdmissionGate()
         # Reports the requests inside the graph to the LoadController (its queue signal).
-        self._levels = LevelFollower(self._report_load)
+        self._levels = LevelFollower(self._report_load, idle=self._admission.idle)
         self.body_limit = int(args.limits.max_bytes * _BODY_OVERHEAD_RATIO + _BODY_OVERHEAD_BYTES)
         # Answers for resent bytes kept here: a viral repeat needs no hop to the store.
         self._hot: HotAnswers[Looked] = HotAnswers(

@@ -106,6 +106,7 @@ class Controller:
                 else None
             ),
             refused=self._refused,
+            idle_report_s=self.config.idle_report_s,
         )
 
     def report(

@@ -54,12 +54,20 @@ class LevelState:
     refused: float = 0.0
     """Requests the ingresses refused at a shedding level in their latest reports (about
     one ``period_s``): demand the pool did not take in (the VLM pool's autoscaling reads it)."""
+    idle_report_s: float | None = None
+    """Seconds between the refreshes of a replica with nothing in flight (None: every
+    ``period_s``)."""
 
     @classmethod
     def initial(cls, config: ControllerUserConfig | None = None) -> LevelState:
         """Level 0 of ``config`` (defaults if None): what a replica assumes before it hears."""
         config = config or ControllerUserConfig()
-        return cls(level=0, row=config.level(0), period_s=config.period_s)
+        return cls(
+            level=0,
+            row=config.level(0),
+            period_s=config.period_s,
+            idle_report_s=config.idle_report_s,
+        )
 
 
 def image_budget(row: LevelArgs, engine_cap: int) -> int:
@@ -110,12 +118,19 @@ class LevelFollower:
     ``fetch`` is an async callable returning the controller's current state (for the
     VLM pool it also carries the replica's report). A failed fetch keeps the last
     state: a controller restart must not take the graph down with it.
+
+    ``idle`` says whether the replica has nothing in flight: while it does, the
+    background task refreshes every ``idle_report_s`` of the state instead of every
+    ``period_s``, so an idle graph does not keep the controller (and the cores) busy. Work
+    arriving shows at the next ``period_s`` tick.
     """
 
     def __init__(
         self,
         fetch: Callable[[], Awaitable[LevelState]],
         initial: LevelState | None = None,
+        *,
+        idle: Callable[[], bool] | None = None,
     ) -> None:
         self._fetch = fetch
         self._state = initial or LevelState.initial()
@@ -124,6 +139,9 @@ class LevelFollower:
         self.failures = 0
         """Failed refreshes since this follower started."""
         self._failing = 0  # failures in a row: the log throttle starts again after a success
+        self._idle = idle
+        self._tried: float | None = None  # monotonic time of the last refresh tried
+        self._tried_idle = False  # whether the replica was idle then (its report said so)
 
     @property
     def state(self) -> LevelState:
@@ -135,8 +153,21 @@ class LevelFollower:
         """Seconds since the last successful refresh (None: never)."""
         return None if self._last_ok is None else time.monotonic() - self._last_ok
 
+    def due(self, now: float) -> bool:
+        """Whether the background task refreshes at this tick: always with work in flight
+        or just after it (the report that says it is gone), else once ``idle_report_s``
+        has passed since the last try."""
+        every = self._state.idle_report_s
+        if self._idle is None or every is None or self._tried is None:
+            return True
+        if not (self._idle() and self._tried_idle):
+            return True
+        return now - self._tried >= every - 0.5 * self._state.period_s
+
     async def refresh(self) -> LevelState:
         """Fetch once now; on failure keep (and return) the previous state."""
+        self._tried = time.monotonic()
+        self._tried_idle = self._idle is not None and self._idle()
         try:
             state = await self._fetch()
         except Exception as exc:
@@ -161,7 +192,8 @@ class LevelFollower:
 
     async def _run(self) -> None:
         while True:
-            await self.refresh()
+            if self.due(time.monotonic()):
+                await self.refresh()
             await asyncio.sleep(self._state.period_s)
 
     async def stop(self) -> None:

@@ -106,6 +106,11 @@ class AdmissionGate:
             raise self._refuse(self._refusal(state.admission, row, verdict.reason))
         return await self._wait(state.admission, row, verdict)
 
+    def idle(self) -> bool:
+        """Nothing inside, waiting, or refused since the last report: nothing to tell the
+        controller that it has not heard (resent memes answered by the Ingress never enter)."""
+        return self.inside == 0 and self.waiting == 0 and self._refused == 0
+
     def leave(self, ticket: Ticket) -> None:
         """Give the place back; a served request's time goes to the policy."""
         self.inside -= 1

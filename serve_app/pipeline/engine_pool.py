@@ -60,7 +60,8 @@ class EnginePool:
         self._signals: dict[str, float] = {}
         self._gpu_state = "not sampled"
         self._last_request: dict[str, Any] | None = None
-        self.levels = LevelFollower(self._report)
+        # An idle replica reports every idle_report_s: its figures are not moving.
+        self.levels = LevelFollower(self._report, idle=lambda: self.ongoing == 0)
 
     async def start(self) -> None:
         """Start the engine, then follow the level (before the replica takes traffic)."""

@@ -264,3 +264,21 @@ def test_the_report_counts_refusals_as_requests_in_flight_by_littles_law() -> No
     assert gate.report() == pytest.approx(
         {"graph_in_flight": 1.0, "refused": 5.0, "refused_in_flight": 4.0}
     )
+
+
+def test_the_gate_is_idle_only_with_nothing_inside_waiting_or_refused_unreported() -> None:
+    gate = AdmissionGate()
+    shedding = state(3, admit=1, off=True)
+
+    async def scenario() -> None:
+        assert gate.idle()
+        ticket = await gate.enter(shedding, 60.0)
+        assert not gate.idle()
+        with pytest.raises(ServiceUnavailable):
+            await gate.enter(shedding, 60.0)
+        gate.leave(ticket)
+        assert not gate.idle()  # the refusal is not reported yet
+        assert gate.report()["refused"] == 1.0
+        assert gate.idle()
+
+    run(scenario)

@@ -116,3 +116,10 @@ def test_the_engine_figures_are_the_latest_fresh_vlm_report() -> None:
     assert 0.0 <= latest["reported_s_ago"] < 5
     # Reports older than stale_after_s are dropped, as for the level.
     assert controller.engine(now=time.monotonic() + 6) is None
+
+
+def test_the_published_level_carries_how_often_idle_replicas_report() -> None:
+    controller = Controller("test-replica", ControllerUserConfig(idle_report_s=2.0))
+    assert controller.state().idle_report_s == 2.0
+    controller.tick()
+    assert controller.state().idle_report_s == 2.0

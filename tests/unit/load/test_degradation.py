@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -152,3 +153,70 @@ def test_the_follower_refreshes_in_the_background_until_stopped() -> None:
         assert calls == seen  # no refresh after stop
 
     asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def test_an_idle_replica_refreshes_every_idle_report_s_and_at_once_when_work_comes() -> None:
+    """Idle and last heard idle: every ``idle_report_s``; with work, or on the first tick
+    after the work is gone (the report that says so), at every tick."""
+    state = LevelState(level=0, row=TABLE.level(0), period_s=0.25, idle_report_s=1.0)
+    busy = False
+    fetched = 0
+
+    async def fetch() -> LevelState:
+        nonlocal fetched
+        fetched += 1
+        return state
+
+    async def scenario() -> None:
+        nonlocal busy
+        follower = LevelFollower(fetch, state, idle=lambda: not busy)
+        assert follower.due(0.0)  # never tried: at once
+        await follower.refresh()
+        tried = follower._tried
+        assert tried is not None
+        assert not follower.due(tried + 0.25) and not follower.due(tried + 0.75)
+        assert follower.due(tried + 1.0)  # the idle heartbeat
+        busy = True
+        assert follower.due(tried + 0.25)  # work in flight: every tick
+        await follower.refresh()  # reported while busy
+        busy = False
+        assert follower.due(follower._tried + 0.25)  # one more: the work is gone
+        await follower.refresh()
+        assert not follower.due(follower._tried + 0.25)
+
+    asyncio.run(scenario())
+    assert fetched == 3
+
+
+def test_a_follower_without_an_idle_test_or_an_idle_period_refreshes_every_tick() -> None:
+    every_tick = LevelState(level=0, row=TABLE.level(0), period_s=0.25)  # idle_report_s None
+
+    async def fetch() -> LevelState:
+        return every_tick
+
+    async def scenario() -> None:
+        for follower in (
+            LevelFollower(fetch, every_tick, idle=lambda: True),
+            LevelFollower(fetch, LevelState.initial()),
+        ):
+            await follower.refresh()
+            assert follower.due(time.monotonic())
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"period_s": 0.5, "idle_report_s": 0.25}, "at least period_s"),
+        ({"stale_after_s": 2.0, "idle_report_s": 1.0}, "under half of stale_after_s"),
+    ],
+)
+def test_the_idle_report_period_must_keep_an_idle_replica_counted(
+    values: dict[str, float], message: str
+) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=message):
+        ControllerUserConfig.model_validate(values)
+    assert ControllerUserConfig().idle_report_s == LevelState.initial().idle_report_s == 1.0
