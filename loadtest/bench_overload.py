@@ -104,6 +104,10 @@ def summarise_phase(outcomes: Sequence[Outcome], duration_s: float) -> dict[str,
         "throughput_ok_in_window_per_s": round(ok_in_window / duration_s, 2),
         "latency_ok_ms": latency_summary([o.latency_ms or 0.0 for o in ok]),
         "latency_answered_ms": latency_summary([o.latency_ms or 0.0 for o in answered]),
+        # Where a 200's time went: inside the Ingress (the route to the answer) and in the
+        # engine; the rest of its latency is the proxy, the Ingress's queue and the client.
+        "server_ok_ms": latency_summary([o.server_ms for o in ok if o.server_ms is not None]),
+        "engine_ok_ms": latency_summary([o.engine_ms for o in ok if o.engine_ms is not None]),
         "ok_level_shares": level_shares(outcomes),
         "shed": len(shed),
         "shed_without_retry_after": sum(1 for o in shed if not o.retry_after),
@@ -412,6 +416,22 @@ def table_rows(phases: Sequence[dict[str, Any]]) -> list[tuple[str, list[str]]]:
             ],
         ),
         ("p95 200s / unloaded p95", [_fmt(p95_ratio(p), "x") for p in phases]),
+        (
+            "200s inside the Ingress p50 / p95 (ms)",
+            [
+                f"{_fmt(p.get('server_ok_ms', {}).get('p50'))} / "
+                f"{_fmt(p.get('server_ok_ms', {}).get('p95'))}"
+                for p in phases
+            ],
+        ),
+        (
+            "200s in the engine p50 / p95 (ms)",
+            [
+                f"{_fmt(p.get('engine_ok_ms', {}).get('p50'))} / "
+                f"{_fmt(p.get('engine_ok_ms', {}).get('p95'))}"
+                for p in phases
+            ],
+        ),
     ]
     for level in levels:
         rows.append(

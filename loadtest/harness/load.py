@@ -43,6 +43,8 @@ class Outcome:
     cache_hit: bool = False
     error_code: str | None = None
     send_lag_ms: float = 0.0  # how late the client sent it against the schedule
+    server_ms: float | None = None  # a 200's meta.timings_ms.total: inside the Ingress
+    engine_ms: float | None = None  # a 200's meta.timings_ms.engine (0 for cache hits)
 
 
 def poisson_schedule(rate: float, duration_s: float, seed: int) -> list[float]:
@@ -58,6 +60,10 @@ def poisson_schedule(rate: float, duration_s: float, seed: int) -> list[float]:
     return offsets
 
 
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
 def _record_response(outcome: Outcome, response: httpx.Response) -> None:
     outcome.status = response.status_code
     outcome.retry_after = "retry-after" in response.headers
@@ -71,6 +77,9 @@ def _record_response(outcome: Outcome, response: httpx.Response) -> None:
         meta = body.get("meta") or {}
         outcome.level = meta.get("degradation_level")
         outcome.cache_hit = bool((meta.get("cache") or {}).get("hit"))
+        timings = meta.get("timings_ms") or {}
+        outcome.server_ms = _number(timings.get("total"))
+        outcome.engine_ms = _number(timings.get("engine"))
     elif isinstance(body.get("error"), dict):
         outcome.error_code = body["error"].get("code")
 

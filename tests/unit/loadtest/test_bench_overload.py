@@ -249,3 +249,26 @@ def test_the_controllers_own_clock_times_the_rise() -> None:
     assert controller_rise_s(transitions, start_wall=100.0) == 0.8
     assert controller_rise_s(transitions[:2], start_wall=100.0) is None
     assert controller_rise_s([], start_wall=1.0) is None
+
+
+def test_a_200_records_its_time_inside_the_ingress_and_in_the_engine() -> None:
+    """The phase summary says where the 200s' time went; refusals and odd bodies add none."""
+    import httpx
+
+    from loadtest.harness.load import _record_response
+
+    def answered(status: int, body: object) -> Outcome:
+        outcome = Outcome(sent_s=0.0, latency_ms=900.0)
+        _record_response(outcome, httpx.Response(status, json=body))
+        return outcome
+
+    meta = {"degradation_level": 3, "cache": {"hit": False}}
+    ok = answered(200, {"meta": {**meta, "timings_ms": {"total": 640.5, "engine": 512}}})
+    assert (ok.status, ok.level, ok.server_ms, ok.engine_ms) == (200, 3, 640.5, 512.0)
+    odd = answered(200, {"meta": {**meta, "timings_ms": {"total": "soon"}}})
+    assert odd.server_ms is None and odd.engine_ms is None
+    refused = answered(503, {"error": {"code": "unavailable"}})
+    assert refused.server_ms is None and refused.error_code == "unavailable"
+    summary = summarise_phase([ok, odd, refused], duration_s=10.0)
+    assert summary["server_ok_ms"]["n"] == 1 and summary["server_ok_ms"]["p50"] == 640.5
+    assert summary["engine_ok_ms"]["p95"] == 512.0
