@@ -25,7 +25,7 @@ import httpx
 import yaml
 
 from serve_app.config.check import IMPORT_PATH
-from serve_app.config.models import AppArgs
+from serve_app.config.models import AppArgs, ControllerUserConfig
 
 # A drain waits this long past the app's own request deadline before giving up.
 _MARGIN_S = 5.0
@@ -42,6 +42,20 @@ def drain_timeout_s(document: dict[str, Any]) -> float:
     """How long a drain waits by default: the app's ``request_timeout_s`` + 5 s."""
     args = _memeserve_apps(document)[0].get("args") or {}
     return AppArgs.model_validate(args).request_timeout_s + _MARGIN_S
+
+
+def drain_settle_s(document: dict[str, Any]) -> float:
+    """How long the graph must read empty before a drain ends: two of the LoadController's
+    ``idle_report_s`` (an idle Ingress hears the flag within one) plus a second, and never
+    under 1.5 s."""
+    slowest = 0.0
+    for app in _memeserve_apps(document):
+        entry: dict[str, Any] = next(
+            (d for d in app.get("deployments") or [] if d.get("name") == "LoadController"), {}
+        )
+        config = ControllerUserConfig.model_validate(entry.get("user_config") or {})
+        slowest = max(slowest, config.idle_report_s)
+    return max(1.5, 2 * slowest + 1.0)
 
 
 def drained_document(document: dict[str, Any], draining: bool = True) -> dict[str, Any]:
@@ -86,12 +100,14 @@ class DrainResult:
 
 
 def wait_until_idle(
-    base_url: str, timeout_s: float, settle_s: float = 1.5, poll_s: float = 0.25
+    base_url: str, timeout_s: float, settle_s: float = 3.0, poll_s: float = 0.25
 ) -> DrainResult:
     """Poll ``/v1/status`` until draining is in force and the graph stays empty.
 
     Empty must hold for ``settle_s``: each Ingress hears the flag and reports what it
-    holds once per controller period, so one empty reading may still be old news.
+    holds once per controller period, an idle one once per ``idle_report_s`` (1 s by
+    default), so one empty reading may still be old news, and an idle Ingress that has
+    not yet heard the flag would still let a new request in.
     """
     started = time.monotonic()
     in_flight: int | None = None
@@ -126,4 +142,8 @@ def drain(
     """
     document = yaml.safe_load(config.read_text(encoding="utf-8"))
     apply_document(drained_document(document), address)
-    return wait_until_idle(base_url, drain_timeout_s(document) if timeout_s is None else timeout_s)
+    return wait_until_idle(
+        base_url,
+        drain_timeout_s(document) if timeout_s is None else timeout_s,
+        settle_s=drain_settle_s(document),
+    )

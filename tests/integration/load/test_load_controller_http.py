@@ -30,6 +30,9 @@ def controller(**changes: Any) -> dict[str, Any]:
     config: dict[str, Any] = {
         "enabled": True,
         "period_s": PERIOD_S,
+        # Idle replicas hear a live change within idle_report_s (1 s by default): at the
+        # period here, a drill's first request already meets the new level everywhere.
+        "idle_report_s": PERIOD_S,
         "enter_samples": 2,
         "leave_samples": 3,
         "signals": {"cpu": {"enabled": False}, "gpu_util": {"enabled": False}},

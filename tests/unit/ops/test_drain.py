@@ -54,3 +54,16 @@ def test_a_drain_waits_the_apps_deadline_and_a_margin_by_default() -> None:
 
     assert drain_timeout_s(_profile("dev-cpu.yaml")) == 65.0  # request_timeout_s: 60
     assert drain_timeout_s(_profile("cpu-tiny-glm4v.yaml")) == 95.0  # 90
+
+
+def test_a_drain_reads_empty_long_enough_for_an_idle_ingress_to_hear_the_flag() -> None:
+    """An idle Ingress reads the level every idle_report_s: the empty graph must hold for
+    two of them (and a second) before the drain calls the app safe to delete."""
+    from serve_app.ops.drain import drain_settle_s
+
+    assert drain_settle_s(_profile("dev-cpu.yaml")) == 3.0  # idle_report_s: 1
+    slow = _profile("dev-cpu.yaml")
+    _controller(slow)["user_config"]["idle_report_s"] = 2.0
+    assert drain_settle_s(slow) == 5.0
+    bare = {"applications": [{"name": "m", "import_path": "deployments.app:build_app"}]}
+    assert drain_settle_s(bare) == 3.0  # the default idle_report_s
