@@ -348,17 +348,24 @@ def test_a_client_that_leaves_and_a_deadline_that_passes_abort_inside_vllm(
                         return True  # closing the connection mid-generation
         return False
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
-        left = list(pool.map(leave_after_first_delta, [meme(600) for _ in range(6)]))
-    assert any(left)
-    wait_until(
-        lambda: (
-            engine_status(http)["details"]["running"] == 0 and engine_status(http)["in_flight"] == 0
-        ),
-        60,
-        "vLLM to have nothing running",
-    )
-    after_leaving = engine_status(http)["aborted"]
+    # The explanation streams last: on a fast machine vLLM can finish a request before the
+    # client's leaving reaches it (nothing left to abort). Up to three rounds of six.
+    after_leaving = aborted_before
+    for _ in range(3):
+        with concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+            left = list(pool.map(leave_after_first_delta, [meme(600) for _ in range(6)]))
+        assert any(left)
+        wait_until(
+            lambda: (
+                engine_status(http)["details"]["running"] == 0
+                and engine_status(http)["in_flight"] == 0
+            ),
+            60,
+            "vLLM to have nothing running",
+        )
+        after_leaving = engine_status(http)["aborted"]
+        if after_leaving > aborted_before:
+            break
     assert after_leaving > aborted_before
 
     # A deadline that passes while the request waits in vLLM's queue behind a full batch.
