@@ -11,6 +11,7 @@ import pytest
 import serve_app.http.scenes as scenes_module
 from serve_app.config.models import ScenesArgs
 from serve_app.http.scenes import DecisionOutbox, Scenes
+from tests.support.waiting import until
 
 
 class Calls:
@@ -115,14 +116,6 @@ def test_a_failing_store_keeps_the_batch_until_it_takes_it(
     assert outbox.figures()["dropped"] == 1
 
 
-async def _until(condition: Any, timeout_s: float = 10.0) -> None:
-    """Poll ``condition`` (a state, not a duration: a slow machine only takes longer)."""
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met"
-        await asyncio.sleep(0.005)
-
-
 def test_a_store_that_stays_down_gets_fewer_tries_and_one_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -133,7 +126,7 @@ def test_a_store_that_stays_down_gets_fewer_tries_and_one_warning(
     async def scenario() -> DecisionOutbox:
         outbox = DecisionOutbox(store, period_s=0.25)
         outbox.add(decision("r0"))
-        await _until(lambda: outbox.failed_tries == 1)
+        await until(lambda: outbox.failed_tries == 1)
         # Backing off (the next try 0.5 s away): a full outbox, again and again, does not
         # hurry it; without the backoff each of these 20 would send at once.
         for index in range(1, 40):
@@ -142,9 +135,9 @@ def test_a_store_that_stays_down_gets_fewer_tries_and_one_warning(
                 await asyncio.sleep(0)
         assert len(store.record_decisions.calls) == 1
         monkeypatch.setattr(scenes_module, "OUTBOX_BACKOFF_MAX_S", 0.02)
-        await _until(lambda: outbox.failed_tries >= 4)
+        await until(lambda: outbox.failed_tries >= 4)
         store.failing = False
-        await _until(lambda: outbox.figures()["pending"] == 0)
+        await until(lambda: outbox.figures()["pending"] == 0)
         assert outbox.failed_tries == 0
         await outbox.stop()
         return outbox

@@ -16,6 +16,7 @@ from serve_app.http.wire import JobRequest
 from serve_app.jobs.signing import SIGNATURE_HEADER, verify
 from serve_app.jobs.store import MemoryJobStore
 from tests.support.receiver import running_receiver
+from tests.support.waiting import until
 
 
 class FakeScenes:
@@ -65,13 +66,6 @@ def _request(*payloads: bytes, **extra: Any) -> JobRequest:
     return JobRequest.model_validate({"items": items, **extra})
 
 
-async def _until(condition: Any, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met"
-        await asyncio.sleep(0.01)
-
-
 def test_items_run_through_the_service_and_results_keep_order() -> None:
     async def scenario() -> dict[str, Any]:
         service = FakeService(shed=2)
@@ -79,7 +73,7 @@ def test_items_run_through_the_service_and_results_keep_order() -> None:
         view = await jobs.submit(_request(b"a", b"bad", b"c", policy="support"), "web")
         assert view["state"] == "queued" and view["location"] == f"/v1/jobs/{view['id']}"
         try:
-            await _until(lambda: jobs.store.get(view["id"]).state == "done")  # type: ignore[union-attr]
+            await until(lambda: jobs.store.get(view["id"]).state == "done")  # type: ignore[union-attr]
         finally:
             await jobs.stop()
         # Shed items went back to the store and were analysed again, not failed.
@@ -141,7 +135,7 @@ def test_a_finished_job_is_called_back_signed_and_retried() -> None:
         jobs._secrets = {"web": "topsecret"}  # as callback_secrets would read them
         view = await jobs.submit(_request(b"a", callback_url=f"{url}/hook"), "web")
         try:
-            await _until(
+            await until(
                 lambda: (
                     jobs.store.get(view["id"]).callback.state  # type: ignore[union-attr]
                     in ("delivered", "failed")
