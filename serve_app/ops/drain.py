@@ -38,6 +38,11 @@ def _memeserve_apps(document: dict[str, Any]) -> list[dict[str, Any]]:
     return apps
 
 
+def _controller_entry(deployments: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The LoadController's entry among an application's deployments, if it has one."""
+    return next((d for d in deployments if d.get("name") == "LoadController"), None)
+
+
 def drain_timeout_s(document: dict[str, Any]) -> float:
     """How long a drain waits by default: the app's ``request_timeout_s`` + 5 s."""
     args = _memeserve_apps(document)[0].get("args") or {}
@@ -50,9 +55,7 @@ def drain_settle_s(document: dict[str, Any]) -> float:
     under 1.5 s."""
     slowest = 0.0
     for app in _memeserve_apps(document):
-        entry: dict[str, Any] = next(
-            (d for d in app.get("deployments") or [] if d.get("name") == "LoadController"), {}
-        )
+        entry = _controller_entry(app.get("deployments") or []) or {}
         config = ControllerUserConfig.model_validate(entry.get("user_config") or {})
         slowest = max(slowest, config.idle_report_s)
     return max(1.5, 2 * slowest + 1.0)
@@ -66,7 +69,7 @@ def drained_document(document: dict[str, Any], draining: bool = True) -> dict[st
     drained = copy.deepcopy(document)
     for app in _memeserve_apps(drained):
         deployments = app.setdefault("deployments", [])
-        entry = next((d for d in deployments if d.get("name") == "LoadController"), None)
+        entry = _controller_entry(deployments)
         if entry is None:
             entry = {"name": "LoadController"}
             deployments.append(entry)
